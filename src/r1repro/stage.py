@@ -1,0 +1,99 @@
+"""Run one pipeline stage: its notebook, through papermill, with its parameters from params.yaml.
+
+    python -m r1repro.stage probe        # what `dvc repro` runs for the probe stage
+
+The whole of params.yaml is validated first, so a bad key stops the run before any work. The notebook
+runs with the repository as its working directory and writes everything into a staging folder; only a
+run that finishes replaces `results/<stage>/`, so a failed run never overwrites good results. The
+executed notebook is saved there too (and as HTML, for reading without Jupyter).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from r1repro.config import STAGES, ConfigError, load_params, repo_root
+from r1repro.io import staged_dir
+
+NOTEBOOKS = {
+    "probe": "01_probe_base_models.ipynb",
+    "sft": "02_cold_start_sft.ipynb",
+    "rl": "03_grpo_vs_dr_grpo.ipynb",
+    "distill": "04_distill.ipynb",
+    "evaluate": "05_evaluate.ipynb",
+}
+RESULTS_DIR = "results"
+# Where each stage writes; evaluation results live in results/eval, as the report links them.
+RESULT_FOLDERS = {"probe": "probe", "sft": "sft", "rl": "rl", "distill": "distill", "evaluate": "eval"}
+
+
+def notebook_parameters(stage: str, params, out_dir: Path) -> dict:
+    """What papermill injects: the `common` section, the stage's own section, and the output folder."""
+    return {
+        "common": params.common.model_dump(mode="json"),
+        stage: getattr(params, stage).model_dump(mode="json"),
+        "out_dir": str(out_dir),
+    }
+
+
+def _export_html(notebook: Path) -> None:
+    """Render the executed notebook to HTML beside it (plots embedded)."""
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_filename(str(notebook))
+    notebook.with_suffix(".html").write_text(body, encoding="utf-8")
+
+
+def summary_line(stage: str, out_dir: Path, seconds: float) -> str:
+    """One line per stage: its time and the headline numbers the notebook chose to report."""
+    metrics_path = out_dir / "metrics.json"
+    headline = ""
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text())
+        parts = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                 for k, v in metrics.get("headline", {}).items()]
+        headline = " ".join(parts)
+    return f"[{stage}] done in {seconds:.0f} s {headline}".rstrip()
+
+
+def run_stage(stage: str, root: Path | None = None, html: bool = True) -> Path:
+    """Execute the stage's notebook; return the results folder it filled."""
+    import papermill
+
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    root = root or repo_root()
+    params = load_params(root)
+    notebook = root / "notebooks" / NOTEBOOKS[stage]
+    target = root / RESULTS_DIR / RESULT_FOLDERS[stage]
+    start = time.time()
+    with staged_dir(target) as tmp:
+        executed = tmp / NOTEBOOKS[stage]
+        papermill.execute_notebook(
+            str(notebook), str(executed), parameters=notebook_parameters(stage, params, tmp),
+            cwd=str(root), kernel_name="python3", progress_bar=False, log_output=True,
+        )
+        if html:
+            _export_html(executed)
+    print(summary_line(stage, target, time.time() - start))
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print(f"usage: python -m r1repro.stage {{{','.join(STAGES)}}}", file=sys.stderr)
+        return 2
+    try:
+        run_stage(argv[0])
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

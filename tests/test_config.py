@@ -1,0 +1,101 @@
+"""params.yaml is validated once, at load: unknown keys and bad values are named, before any work."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from r1repro import config
+from r1repro.config import ConfigError, deep_merge, load_params, validate
+
+
+@pytest.fixture()
+def params_dict(repo_root: Path) -> dict:
+    return yaml.safe_load((repo_root / "params.yaml").read_text())
+
+
+def test_shipped_params_and_profiles_validate(repo_root: Path) -> None:
+    default = load_params(repo_root)
+    assert default.common.backend == "transformers"
+    assert default.common.trust_remote_code is False
+    gpu = load_params(repo_root, profile="gpu")
+    assert gpu.common.backend == "vllm"
+    assert gpu.model.pretrained == "Qwen/Qwen2.5-Math-1.5B"
+    smoke = load_params(repo_root, profile="smoke")
+    assert smoke.probe.questions.limit <= default.probe.questions.limit
+
+
+def test_rl_runs_set_both_dr_grpo_knobs(repo_root: Path) -> None:
+    runs = load_params(repo_root).rl.runs
+    assert (runs["grpo"].loss_type, runs["grpo"].scale_rewards) == ("grpo", "group")
+    assert (runs["dr_grpo"].loss_type, runs["dr_grpo"].scale_rewards) == ("dr_grpo", "none")
+
+
+def test_unknown_key_is_named(params_dict: dict) -> None:
+    params_dict["probe"]["temperture"] = 0.5
+    with pytest.raises(ConfigError, match=r"probe\.temperture: unknown key"):
+        validate(params_dict)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("common", "seed", "abc", r"common\.seed"),
+        ("common", "backend", "tensorrt", r"common\.backend"),
+        ("probe", "temperatures", [-0.1], r"temperature"),
+        ("probe", "k", 0, r"probe\.k"),
+        ("evaluate", "models", {}, r"evaluate\.models is empty"),
+    ],
+)
+def test_bad_value_is_named(params_dict: dict, section: str, key: str, value, expected: str) -> None:
+    params_dict[section][key] = value
+    with pytest.raises(ConfigError, match=expected):
+        validate(params_dict)
+
+
+def test_negative_sampling_temperature_is_refused(params_dict: dict) -> None:
+    params_dict["evaluate"]["sampling"]["temperature"] = -1
+    with pytest.raises(ConfigError, match=r"evaluate\.sampling\.temperature"):
+        validate(params_dict)
+
+
+def test_profiles_replace_named_collections() -> None:
+    base = {"probe": {"models": {"a": "x"}, "k": 2}}
+    merged = deep_merge(base, {"probe": {"models": {"b": "y"}}})
+    assert merged["probe"] == {"models": {"b": "y"}, "k": 2}
+    assert base["probe"]["models"] == {"a": "x"}  # the input is not modified
+
+
+def test_stage_config_from_papermill_dicts(repo_root: Path, params_dict: dict) -> None:
+    common, probe = config.stage_config("probe", params_dict["common"], params_dict["probe"])
+    assert probe.k == params_dict["probe"]["k"]
+    with pytest.raises(ConfigError, match="unknown stage"):
+        config.stage_config("train")
+
+
+def test_cli_check_exits_nonzero_before_work(tmp_path: Path, repo_root: Path, params_dict: dict) -> None:
+    shutil.copy(repo_root / "dvc.yaml", tmp_path / "dvc.yaml")
+    params_dict.setdefault("rl", {})["learning_rate"] = "fast"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict))
+    result = subprocess.run([sys.executable, "-m", "r1repro.config", "check"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "rl.learning_rate" in result.stderr
+
+
+def test_apply_profile_keeps_params_on_bad_profile(tmp_path: Path, repo_root: Path) -> None:
+    shutil.copy(repo_root / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy(repo_root / "params.yaml", tmp_path / "params.yaml")
+    before = (tmp_path / "params.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("common:\n  backend: nonsense\n")
+    with pytest.raises(ConfigError, match="common.backend"):
+        config.apply_profile(bad, root=tmp_path)
+    assert (tmp_path / "params.yaml").read_text() == before
+    config.apply_profile(repo_root / "profiles" / "gpu.yaml", root=tmp_path)
+    assert load_params(tmp_path).common.backend == "vllm"
