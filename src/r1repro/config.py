@@ -15,10 +15,12 @@ from __future__ import annotations
 import copy
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from r1repro.templates import TEMPLATES
 
 PARAMS_FILE = "params.yaml"
 STAGES = ("probe", "sft", "rl", "distill", "evaluate")
@@ -29,6 +31,15 @@ REPLACED_COLLECTIONS = ("models", "benchmarks", "students", "runs")
 
 class ConfigError(ValueError):
     """A params file that cannot be used; the message names the key or file and the fix."""
+
+
+def _known_template(name: str) -> str:
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown template {name!r}; valid: {', '.join(sorted(TEMPLATES))}")
+    return name
+
+
+Template = Annotated[str, AfterValidator(_known_template)]
 
 
 class Section(BaseModel):
@@ -90,10 +101,14 @@ class ModelImportParams(Section):
 
 
 class BenchmarkSubset(Section):
-    """A benchmark file under data/ and how many of its questions to use (None: all)."""
+    """A question file under data/, and which of its rows to use: `limit` rows from `offset` on.
+
+    Offsets keep splits disjoint: training prompts from the start of a file, held-out ones from later.
+    """
 
     file: str
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1, description="rows to use (None: all)")
+    offset: int = Field(0, ge=0, description="rows to skip first")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -105,7 +120,7 @@ class ProbeParams(Section):
     """Stage 1: probe base models (templates, answer rate, exploration, self-reflection)."""
 
     models: dict[str, str] = Field(..., description="label -> hub id or local path")
-    templates: list[str] = ["r1", "qwen_math", "none"]
+    templates: list[Template] = ["r1", "qwen_math", "none"]
     questions: BenchmarkSubset
     sampling: SamplingParams = SamplingParams()
     temperatures: list[float] = [0.0, 0.6, 1.0]
@@ -126,16 +141,16 @@ class SftParams(Section):
 
     init_model: str = "models/base"
     output_dir: str = "models/sft"
-    template: str = "r1"
+    template: Template = "r1_chat"
     train_examples: int = Field(64, ge=1)
-    heldout_examples: int = Field(32, ge=1)
+    heldout: BenchmarkSubset = BenchmarkSubset(file="train/asdiv.jsonl", limit=16)
     epochs: float = Field(1.0, gt=0.0)
     learning_rate: float = Field(5e-5, gt=0.0)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(512, ge=16)
     lora: LoraParams = LoraParams()
-    eval_sampling: SamplingParams = SamplingParams()
+    eval_sampling: SamplingParams = SamplingParams(max_new_tokens=128)
 
 
 class RlRun(Section):
@@ -150,7 +165,8 @@ class RlParams(Section):
 
     init_model: str = "models/sft"
     output_dir: str = "models/rl"
-    template: str = "r1"
+    template: Template = "r1_chat"
+    prompts: BenchmarkSubset = BenchmarkSubset(file="train/asdiv.jsonl", limit=16)
     runs: dict[str, RlRun] = {
         "grpo": RlRun(loss_type="grpo", scale_rewards="group"),
         "dr_grpo": RlRun(loss_type="dr_grpo", scale_rewards="none"),
@@ -180,8 +196,8 @@ class DistillParams(Section):
     teacher: str = "models/rl/dr_grpo"
     students: dict[str, str] = {"llama_smollm2": "models/base"}
     output_dir: str = "models/distill"
-    samples_per_prompt: int = Field(4, ge=1)
-    prompts: int = Field(32, ge=1)
+    template: Template = "r1_chat"
+    prompts: BenchmarkSubset = BenchmarkSubset(file="train/gsm8k.jsonl", limit=16)
     sampling: SamplingParams = SamplingParams(n=4, temperature=0.8, top_p=0.95)
     epochs: float = Field(1.0, gt=0.0)
     learning_rate: float = Field(5e-5, gt=0.0)
@@ -194,7 +210,7 @@ class EvaluateParams(Section):
 
     models: dict[str, str] = Field(..., description="label -> hub id or local path")
     benchmarks: dict[str, BenchmarkSubset]
-    template: str = "r1"
+    template: Template = "r1"
     sampling: SamplingParams = SamplingParams(n=4, temperature=0.6, top_p=0.95)
     greedy_max_new_tokens: int = Field(256, ge=1)
     bootstrap_samples: int = Field(1000, ge=10)

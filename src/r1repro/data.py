@@ -181,8 +181,13 @@ def record(root: Path | None = None) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-def load_jsonl(path: Path | str, limit: int | None = None) -> list[dict]:
+def load_jsonl(path: Path | str, limit: int | None = None, offset: int = 0) -> list[dict]:
     """Read a question file; every row must be a JSON object with `problem` and `answer`.
+
+    Args:
+        path: the JSONL file.
+        limit: at most this many rows (None: all).
+        offset: rows to skip first (to keep training and held-out splits disjoint).
 
     Raises DataError naming the file (and line) when it is missing, empty, not UTF-8, not JSON,
     or has rows without the required fields.
@@ -209,11 +214,18 @@ def load_jsonl(path: Path | str, limit: int | None = None) -> list[dict]:
             raise DataError(f"{path}:{number}: row lacks {', '.join(missing)}; "
                             "every row needs `problem` and `answer`")
         rows.append(row)
-        if limit is not None and len(rows) >= limit:
+        if limit is not None and len(rows) >= offset + limit:
             break
     if not rows:
         raise DataError(f"{path}: no rows; the file is empty")
-    return rows
+    if offset >= len(rows):
+        raise DataError(f"{path}: offset {offset} is past its {len(rows)} rows; lower the `offset`")
+    return rows[offset:]
+
+
+def load_subset(data_dir: Path | str, subset) -> list[dict]:
+    """The rows a params entry `{file, limit, offset}` selects from a file under `data_dir`."""
+    return load_jsonl(Path(data_dir) / subset.file, subset.limit, subset.offset)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,217 @@
+"""Evaluate models on benchmarks: per-sample records first, every reported number derived from them.
+
+The protocol follows DeepSeek-R1: pass@1 is the mean over k sampled responses per question (T=0.6,
+top-p 0.95 by default), reported beside greedy accuracy and cons@k (majority vote), each with a
+bootstrap interval over questions. The Dr. GRPO paper's quantity of interest, the mean length of
+correct and of incorrect responses, is reported too, with truncation and format-compliance rates.
+
+    records = evaluate_model(generator, tokenizer, "base", benchmarks, cfg, common)
+    table = summarize_records(records, n_boot=1000, confidence=0.95, seed=0)
+
+Each record: model, benchmark, question_id, mode ("greedy" or "sampled"), sample_index, prompt,
+response, extracted, gold, correct, num_tokens, finish_reason, formatted.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from r1repro import grading, metrics, rewards, templates
+
+MODES = ("greedy", "sampled")
+# The columns of the summary table, in the order the report shows them.
+SUMMARY_METRICS = ("mean@k", "greedy", "cons@k", "len_correct", "len_incorrect", "truncated", "formatted")
+
+
+def follows_format(template: str, prompt: str, response: str) -> bool:
+    """Whether a response keeps the answer format its template asks for.
+
+    R1-style templates (prefill `<think>`) ask for `<think>…</think><answer>…</answer>`; the others
+    ask for a final answer we can extract (a `\\boxed{}` or answer tags).
+    """
+    if templates.prefill(template):
+        return rewards.format_reward(prompts=[prompt], completions=[response])[0] == 1.0
+    return grading.extract_answer(response) is not None
+
+
+def _records(label: str, benchmark: str, rows: Sequence[dict], prompts: Sequence[str],
+             completions: Sequence[Sequence[Any]], mode: str) -> list[dict]:
+    out = []
+    for row, prompt, samples in zip(rows, prompts, completions):
+        for sample in samples:
+            out.append({
+                "model": label, "benchmark": benchmark, "question_id": str(row.get("id", "")),
+                "mode": mode, "sample_index": sample.sample_index, "prompt": prompt,
+                "response": sample.text, "gold": str(row["answer"]),
+                "num_tokens": sample.num_tokens, "finish_reason": sample.finish_reason,
+            })
+    return out
+
+
+def generate_records(generator, tokenizer, label: str, benchmarks: dict[str, Sequence[dict]],
+                     template: str, sampling, greedy_max_new_tokens: int, seed: int) -> list[dict]:
+    """Greedy and sampled responses for every question of every benchmark (ungraded records).
+
+    Args:
+        generator: a `r1repro.generation` backend holding the model.
+        tokenizer: the model's tokenizer (for chat templates).
+        label: the model's name in tables.
+        benchmarks: benchmark name -> question rows (`id`, `problem`, `answer`).
+        template: prompt template name.
+        sampling: SamplingParams for the k sampled responses.
+        greedy_max_new_tokens: token budget of the greedy response.
+        seed: sampling seed.
+    Returns:
+        One record per response, without verdicts.
+    """
+    records: list[dict] = []
+    for name, rows in benchmarks.items():
+        prompts = [templates.render_prompt(template, row["problem"], tokenizer) for row in rows]
+        greedy = generator.generate(prompts, n=1, temperature=0.0, top_p=1.0,
+                                    max_tokens=greedy_max_new_tokens, seed=seed)
+        records += _records(label, name, rows, prompts, greedy, "greedy")
+        sampled = generator.generate(prompts, n=sampling.n, temperature=sampling.temperature,
+                                     top_p=sampling.top_p, max_tokens=sampling.max_new_tokens, seed=seed)
+        records += _records(label, name, rows, prompts, sampled, "sampled")
+    return records
+
+
+def grade_records(records: list[dict], template: str, workers: int, timeout_s: float) -> list[dict]:
+    """Add `extracted`, `correct` and `formatted` to each record (grading in parallel processes)."""
+    verdicts = grading.grade_many([r["response"] for r in records], [r["gold"] for r in records],
+                                  workers=workers, timeout_s=timeout_s)
+    for record, verdict in zip(records, verdicts):
+        record["extracted"] = grading.extract_answer(record["response"])
+        record["correct"] = bool(verdict)
+        record["formatted"] = follows_format(template, record["prompt"], record["response"])
+    return records
+
+
+def _majority_correct(group: pd.DataFrame) -> bool:
+    """cons@k for one question: the verdict of the majority answer (equivalent answers grouped)."""
+    answers = list(group["extracted"])
+    winner = metrics.majority_answer(answers, grading.answers_equivalent)
+    if winner is None:
+        return False
+    return bool(group.loc[group["extracted"] == winner, "correct"].iloc[0])
+
+
+def _mean_ci(values: Sequence[float], n_boot: int, confidence: float, seed: int) -> tuple[float, float, float]:
+    if len(values) == 0:
+        return float("nan"), float("nan"), float("nan")
+    low, high = metrics.bootstrap_ci(values, n_boot=n_boot, confidence=confidence, seed=seed)
+    return float(np.mean(values)), low, high
+
+
+def summarize_group(records: pd.DataFrame, n_boot: int, confidence: float, seed: int) -> dict[str, Any]:
+    """The numbers for one (model, benchmark): each accuracy with its interval, lengths and rates."""
+    sampled = records[records["mode"] == "sampled"]
+    greedy = records[records["mode"] == "greedy"]
+    per_question = sampled.groupby("question_id", sort=True)
+    row: dict[str, Any] = {"n_questions": int(per_question.ngroups),
+                           "k": int(per_question.size().max()) if len(sampled) else 0}
+    accuracy = {
+        "mean@k": per_question["correct"].mean().to_list(),
+        "greedy": greedy.sort_values("question_id")["correct"].astype(float).to_list(),
+        "cons@k": [float(_majority_correct(g)) for _, g in per_question],
+    }
+    for name, values in accuracy.items():
+        row[name], row[f"{name}_low"], row[f"{name}_high"] = _mean_ci(values, n_boot, confidence, seed)
+    lengths = sampled.groupby("correct")["num_tokens"].mean()
+    row["len_correct"] = float(lengths.get(True, float("nan")))
+    row["len_incorrect"] = float(lengths.get(False, float("nan")))
+    row["truncated"] = float((sampled["finish_reason"] == "length").mean()) if len(sampled) else float("nan")
+    row["formatted"] = float(sampled["formatted"].mean()) if len(sampled) else float("nan")
+    return row
+
+
+def summarize_records(records: Sequence[dict], n_boot: int = 1000, confidence: float = 0.95,
+                      seed: int = 0) -> pd.DataFrame:
+    """One row per (model, benchmark) with every summary metric; recomputable from the records alone.
+
+    Args:
+        records: graded records (see the module docstring).
+        n_boot, confidence, seed: bootstrap settings for the intervals.
+    Returns:
+        A DataFrame with columns model, benchmark, n_questions, k, and each metric (with _low/_high
+        interval columns for the accuracies).
+    """
+    frame = pd.DataFrame(list(records))
+    rows = []
+    for (model, benchmark), group in frame.groupby(["model", "benchmark"], sort=False):
+        rows.append({"model": model, "benchmark": benchmark,
+                     **summarize_group(group, n_boot, confidence, seed)})
+    return pd.DataFrame(rows)
+
+
+def _cell(row: pd.Series, metric: str) -> str:
+    value = row[metric]
+    if pd.isna(value):
+        return "n/a"
+    if metric.startswith("len_"):
+        return f"{value:.0f}"
+    text = f"{100 * value:.1f}"
+    if f"{metric}_low" in row:
+        text += f" [{100 * row[f'{metric}_low']:.1f}, {100 * row[f'{metric}_high']:.1f}]"
+    return text
+
+
+def markdown_table(summary: pd.DataFrame, metric: str) -> str:
+    """A models x benchmarks markdown table of one metric; headers carry each benchmark's size."""
+    benchmarks = list(dict.fromkeys(summary["benchmark"]))
+    sizes = {b: int(summary.loc[summary["benchmark"] == b, "n_questions"].max()) for b in benchmarks}
+    header = "| model | " + " | ".join(f"{b} (n={sizes[b]})" for b in benchmarks) + " |"
+    lines = [header, "|---|" + "---|" * len(benchmarks)]
+    for model, part in summary.groupby("model", sort=False):
+        cells = {r["benchmark"]: _cell(r, metric) for _, r in part.iterrows()}
+        lines.append(f"| {model} | " + " | ".join(cells.get(b, "") for b in benchmarks) + " |")
+    return "\n".join(lines)
+
+
+def metrics_json(summary: pd.DataFrame) -> dict[str, Any]:
+    """{metric: {model: {benchmark: value}}} for `dvc metrics diff` (one table per metric)."""
+    nested: dict[str, Any] = defaultdict(lambda: defaultdict(dict))
+    value_columns = [c for c in summary.columns if c not in ("model", "benchmark")]
+    for _, row in summary.iterrows():
+        for column in value_columns:
+            value = row[column]
+            nested[column][row["model"]][row["benchmark"]] = None if pd.isna(value) else float(value)
+    return {metric: {m: dict(b) for m, b in models.items()} for metric, models in nested.items()}
+
+
+_METRIC_TITLES = {
+    "mean@k": "pass@1, mean over k samples (%, 95% CI)",
+    "greedy": "Greedy accuracy (%, 95% CI)",
+    "cons@k": "cons@k, majority vote over k samples (%, 95% CI)",
+    "len_correct": "Mean length of correct sampled responses (tokens)",
+    "len_incorrect": "Mean length of incorrect sampled responses (tokens)",
+    "truncated": "Truncated sampled responses (%, hit the token budget)",
+    "formatted": "Format-compliant sampled responses (%)",
+}
+
+
+def report_tables(tables: dict[str, str], cfg) -> str:
+    """table.md: the protocol line, then one models x benchmarks table per metric.
+
+    Args:
+        tables: metric -> markdown table (from `markdown_table`).
+        cfg: the evaluate section (template, sampling, budgets) stated above the tables.
+    Returns:
+        The markdown text.
+    """
+    s = cfg.sampling
+    lines = [
+        "# Evaluation",
+        "",
+        f"Protocol: template `{cfg.template}`; k={s.n} samples at T={s.temperature}, top-p={s.top_p}, "
+        f"at most {s.max_new_tokens} new tokens; greedy budget {cfg.greedy_max_new_tokens} tokens; "
+        f"intervals: {cfg.confidence:.0%} bootstrap over questions ({cfg.bootstrap_samples} resamples). "
+        "n = questions used from each benchmark.",
+    ]
+    for metric, table in tables.items():
+        lines += ["", f"## {_METRIC_TITLES.get(metric, metric)}", "", table]
+    return "\n".join(lines) + "\n"

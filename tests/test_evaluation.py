@@ -1,0 +1,90 @@
+"""Stage 5 tables come from per-sample records alone: checked on hand-made records with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from r1repro import evaluation
+from r1repro.config import EvaluateParams
+
+
+def _record(model, bench, qid, mode, i, extracted, correct, tokens, finish="stop", formatted=True):
+    response = f"<think>work</think><answer>{extracted}</answer>" if extracted is not None else "rambling"
+    return {"model": model, "benchmark": bench, "question_id": qid, "mode": mode, "sample_index": i,
+            "prompt": "p", "response": response, "extracted": extracted, "gold": "4", "correct": correct,
+            "num_tokens": tokens, "finish_reason": finish, "formatted": formatted}
+
+
+@pytest.fixture()
+def records() -> list[dict]:
+    recs = []
+    # q1: 3 of 4 samples correct (majority right), greedy right.
+    recs.append(_record("m", "b", "q1", "greedy", 0, "4", True, 10))
+    for i, (ans, ok) in enumerate([("4", True), ("4", True), ("5", False), ("4", True)]):
+        recs.append(_record("m", "b", "q1", "sampled", i, ans, ok, 10 if ok else 30))
+    # q2: 1 of 4 correct (majority wrong), greedy wrong, one truncated, one unformatted.
+    recs.append(_record("m", "b", "q2", "greedy", 0, "7", False, 20))
+    for i, (ans, ok) in enumerate([("7", False), ("7", False), ("4", True), (None, False)]):
+        recs.append(_record("m", "b", "q2", "sampled", i, ans, ok, 20 if ok else 50,
+                            finish="length" if ans is None else "stop", formatted=ans is not None))
+    return recs
+
+
+def test_summary_numbers_by_hand(records: list[dict]) -> None:
+    row = evaluation.summarize_records(records, n_boot=200, seed=0).iloc[0]
+    assert row["n_questions"] == 2 and row["k"] == 4
+    assert row["mean@k"] == pytest.approx((3 / 4 + 1 / 4) / 2)
+    assert row["greedy"] == pytest.approx(0.5)
+    assert row["cons@k"] == pytest.approx(0.5)  # q1 majority "4" right, q2 majority "7" wrong
+    assert row["len_correct"] == pytest.approx((10 * 3 + 20) / 4)
+    assert row["len_incorrect"] == pytest.approx((30 + 50 * 3) / 4)
+    assert row["truncated"] == pytest.approx(1 / 8)
+    assert row["formatted"] == pytest.approx(7 / 8)
+    for metric in ("mean@k", "greedy", "cons@k"):
+        assert row[f"{metric}_low"] <= row[metric] <= row[f"{metric}_high"]
+
+
+def test_tables_and_metrics_json(records: list[dict]) -> None:
+    more = [dict(r, model="m2", correct=False) for r in records]
+    summary = evaluation.summarize_records(records + more, n_boot=100, seed=1)
+    table = evaluation.markdown_table(summary, "mean@k")
+    assert "| b (n=2) |" in table
+    assert "| m | 50.0 [" in table and "| m2 | 0.0 [" in table
+    nested = evaluation.metrics_json(summary)
+    assert nested["mean@k"]["m"]["b"] == pytest.approx(0.5)
+    assert nested["len_correct"]["m2"]["b"] is None  # no correct response: undefined, not 0
+
+
+def test_report_states_protocol(records: list[dict]) -> None:
+    cfg = EvaluateParams(models={"m": "x"}, benchmarks={"b": {"file": "f.jsonl", "limit": 2}})
+    summary = evaluation.summarize_records(records, n_boot=50)
+    text = evaluation.report_tables({m: evaluation.markdown_table(summary, m)
+                                     for m in evaluation.SUMMARY_METRICS}, cfg)
+    assert "T=0.6" in text and "top-p=0.95" in text and "k=4" in text
+    assert text.count("## ") == len(evaluation.SUMMARY_METRICS)
+
+
+def test_follows_format_per_template() -> None:
+    prompt_r1 = "User: 2+2?\nAssistant: <think>"
+    assert evaluation.follows_format("r1", prompt_r1, " 2+2=4 </think> <answer>4</answer>")
+    assert not evaluation.follows_format("r1", prompt_r1, " 2+2=4, the answer is 4")
+    assert evaluation.follows_format("none", "2+2?", "so \\boxed{4}")
+    assert not evaluation.follows_format("none", "2+2?", "four")
+
+
+def test_saved_tables_recompute_from_records(repo_root) -> None:
+    """Every number in results/eval/table.md follows from results/eval/records.jsonl."""
+    folder = repo_root / "results" / "eval"
+    if not (folder / "records.jsonl").is_file():
+        pytest.skip("no evaluation results in this checkout yet (run `make repro`)")
+    from r1repro.config import load_params
+    cfg = load_params(repo_root).evaluate
+    records = pd.read_json(folder / "records.jsonl", lines=True).to_dict("records")
+    seed = load_params(repo_root).common.seed
+    summary = evaluation.summarize_records(records, cfg.bootstrap_samples, cfg.confidence, seed)
+    tables = {m: evaluation.markdown_table(summary, m) for m in evaluation.SUMMARY_METRICS}
+    assert evaluation.report_tables(tables, cfg) == (folder / "table.md").read_text()
+    assert not math.isnan(summary["mean@k"].iloc[0])
