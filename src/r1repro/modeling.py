@@ -1,0 +1,214 @@
+"""Load a causal LM and its tokenizer from a hub id or a local folder, with errors that say the fix.
+
+Every stage names its model the same way in params.yaml: a Hugging Face hub id
+(`HuggingFaceTB/SmolLM2-135M-Instruct`) or a local folder (`models/base`, written by the
+`import_model` stage). This module decides which of the two a name is, checks it before
+transformers does, and turns transformers' generic failures into `ConfigError`s naming the path or
+id, what was expected and how to fix it.
+
+    from r1repro.modeling import load_model, load_tokenizer
+    tokenizer = load_tokenizer("models/base")
+    model = load_model("models/base", dtype="float32", device="auto")
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from r1repro.config import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# Names that can only mean a folder on disk: a hub id is "name" or "owner/name", never these.
+_LOCAL_PREFIXES = ("./", "../", "/", "~", "models/", "models" + os.sep)
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def resolve_device(device: str = "auto") -> str:
+    """The torch device to run on.
+
+    Args:
+        device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+
+    Returns:
+        "cpu", "cuda" or "cuda:N".
+
+    Raises:
+        ConfigError: for an unknown name, or "cuda" on a machine without a usable GPU.
+    """
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"common.device: {device!r} was asked for but torch sees no CUDA GPU "
+                f"(torch {torch.__version__}); set common.device to 'auto' or 'cpu', "
+                "or install a CUDA build of torch"
+            )
+        return device
+    raise ConfigError(f"common.device: unknown device {device!r}; expected 'auto', 'cpu' or 'cuda'")
+
+
+def looks_local(name_or_path: str) -> bool:
+    """Whether a model name can only mean a folder on disk (whether or not it exists).
+
+    Args:
+        name_or_path: a hub id ("owner/name") or a path.
+
+    Returns:
+        True for existing paths and for names a hub id cannot take: a leading "./", "../", "/", "~"
+        or "models/", a backslash, or more than one "/".
+    """
+    if Path(name_or_path).expanduser().exists():
+        return True
+    if name_or_path.startswith(_LOCAL_PREFIXES) or "\\" in name_or_path:
+        return True
+    return name_or_path.count("/") > 1
+
+
+def check_source(name_or_path: str) -> str:
+    """Validate a model name before transformers sees it.
+
+    Args:
+        name_or_path: a hub id or a local folder.
+
+    Returns:
+        The absolute folder path for a local model, the hub id unchanged otherwise.
+
+    Raises:
+        ConfigError: a local-looking path that does not exist, is not a folder, or has no
+            config.json.
+    """
+    if not name_or_path or not name_or_path.strip():
+        raise ConfigError("model name is empty: expected a hub id (owner/name) or a local folder")
+    if not looks_local(name_or_path):
+        return name_or_path
+    folder = Path(name_or_path).expanduser().resolve()
+    if not folder.exists():
+        hint = (
+            "run `dvc repro import_model` first (it writes models/base)"
+            if Path(name_or_path).parts[:1] == ("models",)
+            else "check the path, or give a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct"
+        )
+        raise ConfigError(f"model {name_or_path!r}: folder {folder} does not exist; {hint}")
+    if not folder.is_dir():
+        raise ConfigError(f"model {name_or_path!r}: {folder} is a file; expected a model folder")
+    if not (folder / "config.json").is_file():
+        raise ConfigError(
+            f"model {name_or_path!r}: {folder} has no config.json, so it is not a saved "
+            "transformers model; point to the folder that save_pretrained() wrote "
+            "(it holds config.json and *.safetensors)"
+        )
+    return str(folder)
+
+
+def _hub_error(name: str, err: OSError) -> ConfigError:
+    """Rewrap transformers' OSError for a hub id that could not be fetched."""
+    from huggingface_hub import constants
+
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub could not be reached"
+    return ConfigError(
+        f"model {name!r}: not a local folder, and {why} or the id does not exist ({first_line}). "
+        "Expected a hub id that is online or already in the Hugging Face cache, or a local folder. "
+        "Fix: use a local folder (e.g. models/base, made by `dvc repro import_model`), or download "
+        "it once with network access (`huggingface-cli download ID`), or check the id's spelling"
+    )
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give a tokenizer a pad token (its EOS) when it has none, in place.
+
+    Batched generation pads the shorter prompts; without a pad token the tokenizer refuses to pad,
+    and `generate` cannot tell padding from text. EOS is the usual stand-in: padding sits on the
+    left where the attention mask hides it, and after a sequence ends `generate` fills the rest
+    with it, so a pad token equal to EOS is never mistaken for text.
+
+    Args:
+        tokenizer: any transformers tokenizer.
+
+    Returns:
+        The same tokenizer.
+    """
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(
+                f"tokenizer {tokenizer.name_or_path!r} has neither a pad nor an EOS token; "
+                "batched generation needs one: set tokenizer.pad_token before generating"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Load a tokenizer set up for batched generation.
+
+    Padding goes on the left: a decoder continues from the last position of each row, so the
+    prompt must end there, with the padding before it. The pad token falls back to EOS.
+
+    Args:
+        name_or_path: a hub id or a local folder.
+        trust_remote_code: let transformers run tokenizer code shipped with the model.
+
+    Returns:
+        The tokenizer, with padding_side "left" and a pad token.
+
+    Raises:
+        ConfigError: a missing folder, or a hub id that cannot be fetched.
+    """
+    from transformers import AutoTokenizer
+
+    source = check_source(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise _hub_error(name_or_path, err) from err
+    tokenizer.padding_side = "left"
+    return ensure_pad_token(tokenizer)
+
+
+def load_model(name_or_path: str, dtype: str = "float32", device: str = "auto",
+               trust_remote_code: bool = False) -> PreTrainedModel:
+    """Load a causal LM in eval mode on the chosen device.
+
+    Args:
+        name_or_path: a hub id or a local folder.
+        dtype: "float32", "bfloat16" or "float16" (float16 is slow and unstable on CPU).
+        device: "auto", "cpu", "cuda" or "cuda:N" (see `resolve_device`).
+        trust_remote_code: let transformers run model code shipped with the model.
+
+    Returns:
+        The model, in eval mode.
+
+    Raises:
+        ConfigError: a bad dtype or device, a missing folder, a folder without config.json, or a
+            hub id that cannot be fetched.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"common.dtype: unknown dtype {dtype!r}; expected one of {DTYPES}")
+    source = check_source(name_or_path)
+    target = resolve_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+        )
+    except OSError as err:
+        raise _hub_error(name_or_path, err) from err
+    except ValueError as err:
+        # A config.json that transformers cannot map to a model class (no model_type, or a custom
+        # architecture needing trust_remote_code) surfaces as ValueError.
+        raise ConfigError(
+            f"model {name_or_path!r}: transformers cannot build a causal LM from it ({err}); "
+            "if the model ships its own code, set common.trust_remote_code: true"
+        ) from err
+    return model.to(target).eval()
