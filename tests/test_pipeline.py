@@ -79,8 +79,9 @@ def test_editing_a_module_reruns_its_stage_and_descendants_only(smoke_repo: Path
     rewards.write_text(rewards.read_text() + "\n# touched by test_pipeline\n")
     result = _run(["dvc", "repro"], smoke_repo)
     ran = _stages_run(result.stdout)
+    # sft reads rewards too (format checks on its held-out responses), so it may rerun; probe may not.
     assert "rl" in ran and "probe" not in ran and "import_model" not in ran
-    assert ran <= {"rl", "distill", "evaluate"}
+    assert ran <= {"sft", "rl", "distill", "evaluate"}
 
 
 def test_editing_a_notebook_reruns_only_that_stage(smoke_repo: Path) -> None:

@@ -105,9 +105,29 @@ def verify_folder(folder: Path, root: Path) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
+DVC = [sys.executable, "-m", "dvc"]  # this interpreter's dvc, whatever PATH holds
+
+
 def _dvc_remote_configured(root: Path) -> bool:
-    result = subprocess.run(["dvc", "remote", "list"], cwd=root, capture_output=True, text=True)
+    if not (root / ".dvc").is_dir():
+        return False
+    result = subprocess.run([*DVC, "remote", "list"], cwd=root, capture_output=True, text=True)
     return result.returncode == 0 and bool(result.stdout.strip())
+
+
+def _record_in_dvc_cache(root: Path) -> None:
+    """Put the verified data/ into DVC's cache, so `dvc status` agrees it matches data.dvc.
+
+    `dvc commit` leaves data.dvc byte-identical when the hash matches (checked by
+    verify_folder just before); without it DVC would report data/ as "not in cache".
+    """
+    if not (root / ".dvc").is_dir():
+        return
+    result = subprocess.run([*DVC, "commit", "--force", "--quiet", DVC_FILE], cwd=root,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"warning: `dvc commit {DVC_FILE}` failed; `dvc status` will show data/ as not in "
+              f"cache until it succeeds:\n{result.stderr.strip()}", file=sys.stderr)
 
 
 def _mirror_candidates(root: Path) -> list[str]:
@@ -137,9 +157,10 @@ def fetch(root: Path | None = None, force: bool = False) -> str:
     target = root / "data"
     if target.exists() and not force:
         verify_folder(target, root)
+        _record_in_dvc_cache(root)
         return "already present"
     if _dvc_remote_configured(root):
-        subprocess.run(["dvc", "pull", DVC_FILE], cwd=root, check=True)
+        subprocess.run([*DVC, "pull", DVC_FILE], cwd=root, check=True)
         verify_folder(target, root)
         return "dvc remote"
     _, expected = expected_manifest(root)
@@ -154,6 +175,7 @@ def fetch(root: Path | None = None, force: bool = False) -> str:
             _copy_expected(source, tmp, expected)
             shutil.rmtree(tmp / ".hf", ignore_errors=True)
             verify_folder(tmp, root)  # a bad copy raises here and data/ is left as it was
+        _record_in_dvc_cache(root)
         return f"mirror {mirror}"
     raise DataError("no source for data/: " + "; ".join(tried) +
                     f". Configure a DVC remote, or set {MIRROR_ENV} to a folder holding the files "
