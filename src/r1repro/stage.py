@@ -11,6 +11,7 @@ executed notebook is saved there too (and as HTML, for reading without Jupyter).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,8 @@ NOTEBOOKS = {
 RESULTS_DIR = "results"
 # Where each stage writes; evaluation results live in results/eval, as the report links them.
 RESULT_FOLDERS = {"probe": "probe", "sft": "sft", "rl": "rl", "distill": "distill", "evaluate": "eval"}
+# A failed run's executed notebook goes here (git-ignored), to read the traceback in context.
+FAILED_DIR = "results/failed"
 
 
 def notebook_parameters(stage: str, params, out_dir: Path) -> dict:
@@ -59,6 +62,22 @@ def summary_line(stage: str, out_dir: Path, seconds: float) -> str:
     return f"[{stage}] done in {seconds:.0f} s {headline}".rstrip()
 
 
+def remove_stale_staging(target: Path) -> None:
+    """Delete staging folders a killed run left beside `target` (DVC runs one stage at a time)."""
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def keep_failed_notebook(stage: str, executed: Path, root: Path) -> Path | None:
+    """Copy a failed run's executed notebook to results/failed/ and return where it went."""
+    if not executed.is_file():
+        return None
+    dest = root / FAILED_DIR / executed.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(executed, dest)
+    return dest
+
+
 def run_stage(stage: str, root: Path | None = None, html: bool = True) -> Path:
     """Execute the stage's notebook; return the results folder it filled."""
     import papermill
@@ -70,12 +89,19 @@ def run_stage(stage: str, root: Path | None = None, html: bool = True) -> Path:
     notebook = root / "notebooks" / NOTEBOOKS[stage]
     target = root / RESULTS_DIR / RESULT_FOLDERS[stage]
     start = time.time()
+    remove_stale_staging(target)
     with staged_dir(target) as tmp:
         executed = tmp / NOTEBOOKS[stage]
-        papermill.execute_notebook(
-            str(notebook), str(executed), parameters=notebook_parameters(stage, params, tmp),
-            cwd=str(root), kernel_name="python3", progress_bar=False, log_output=True,
-        )
+        try:
+            papermill.execute_notebook(
+                str(notebook), str(executed), parameters=notebook_parameters(stage, params, tmp),
+                cwd=str(root), kernel_name="python3", progress_bar=False, log_output=True,
+            )
+        except papermill.PapermillExecutionError:
+            kept = keep_failed_notebook(stage, executed, root)
+            print(f"[{stage}] failed; {target.relative_to(root)} keeps its previous results. "
+                  f"Executed notebook with the error: {kept}", file=sys.stderr)
+            raise
         if html:
             _export_html(executed)
     print(summary_line(stage, target, time.time() - start))
@@ -87,11 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print(f"usage: python -m r1repro.stage {{{','.join(STAGES)}}}", file=sys.stderr)
         return 2
+    from papermill import PapermillExecutionError
+
     try:
         run_stage(argv[0])
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except PapermillExecutionError as err:
+        # The notebook's own error (e.g. a ConfigError raised in a cell) is the useful line.
+        print(f"error: {argv[0]}: {err.ename}: {err.evalue}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,82 @@
+"""The stage runner: bad params stop it before any work, a failing notebook leaves good results alone.
+
+Each test runs `python -m r1repro.stage` in a scratch checkout (params.yaml, dvc.yaml and one
+stand-in notebook), so the real results/ are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from r1repro import stage
+
+
+def _notebook(*cells: str) -> str:
+    """A notebook with a `parameters` cell (as papermill expects) followed by `cells`."""
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("common = None\nprobe = None\nout_dir = None")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, *(nbformat.v4.new_code_cell(c) for c in cells)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nbformat.writes(nb)
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, repo_root: Path) -> Path:
+    """A checkout with the real params.yaml and dvc.yaml and good results from an earlier run."""
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(repo_root / name, tmp_path / name)
+    (tmp_path / "notebooks").mkdir()
+    good = tmp_path / "results" / "probe"
+    good.mkdir(parents=True)
+    (good / "metrics.json").write_text('{"good": 1}')
+    return tmp_path
+
+
+def _run_stage(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "r1repro.stage", "probe"], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_failing_notebook_keeps_previous_results(scratch: Path) -> None:
+    (scratch / "notebooks" / stage.NOTEBOOKS["probe"]).write_text(
+        _notebook("raise RuntimeError('the model exploded')"))
+    (scratch / "results" / ".probe.stale.tmp").mkdir()  # left by a run that was killed
+    result = _run_stage(scratch)
+    assert result.returncode == 1
+    assert "RuntimeError: the model exploded" in result.stderr
+    assert json.loads((scratch / "results" / "probe" / "metrics.json").read_text()) == {"good": 1}
+    failed = scratch / stage.FAILED_DIR / stage.NOTEBOOKS["probe"]
+    assert "the model exploded" in failed.read_text()
+    assert not list((scratch / "results").glob(".probe.*.tmp"))
+
+
+def test_successful_notebook_replaces_results(scratch: Path) -> None:
+    (scratch / "notebooks" / stage.NOTEBOOKS["probe"]).write_text(_notebook(
+        "import json, pathlib\n"
+        "pathlib.Path(out_dir, 'metrics.json').write_text(json.dumps({'seed': common['seed']}))"))
+    result = _run_stage(scratch)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((scratch / "results" / "probe" / "metrics.json").read_text())
+    assert metrics == {"seed": 1234}
+    executed = json.loads((scratch / "results" / "probe" / stage.NOTEBOOKS["probe"]).read_text())
+    assert any("injected-parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
+    assert (scratch / "results" / "probe" / stage.NOTEBOOKS["probe"]).with_suffix(".html").is_file()
+
+
+def test_bad_params_stop_before_any_work(scratch: Path) -> None:
+    params = scratch / "params.yaml"
+    params.write_text(params.read_text().replace("  seed: 1234", "  seed: 1234\n  sede: 1"))
+    (scratch / "notebooks" / stage.NOTEBOOKS["probe"]).write_text(_notebook("raise SystemExit(9)"))
+    result = _run_stage(scratch)
+    assert result.returncode == 2
+    assert "common.sede" in result.stderr
+    assert not (scratch / stage.FAILED_DIR).exists()
+    assert json.loads((scratch / "results" / "probe" / "metrics.json").read_text()) == {"good": 1}
