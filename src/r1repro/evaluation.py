@@ -215,3 +215,41 @@ def report_tables(tables: dict[str, str], cfg) -> str:
     for metric, table in tables.items():
         lines += ["", f"## {_METRIC_TITLES.get(metric, metric)}", "", table]
     return "\n".join(lines) + "\n"
+
+
+def greedy_heldout(model: str, rows: Sequence[dict], template: str, max_new_tokens: int, common,
+                   label: str, n_boot: int = 1000, confidence: float = 0.95) -> tuple[list[dict], dict]:
+    """One model's greedy answers on held-out questions: graded records and their summary.
+
+    The before/after check of the training stages (SFT, RL, distillation), so all three measure
+    the same way: greedy, the template training used, the stage's token budget.
+
+    Args:
+        model: hub id or local folder.
+        rows: held-out question rows (`id`, `problem`, `answer`).
+        template: prompt template name.
+        max_new_tokens: token budget per response.
+        common: the validated `common` params (backend, device, dtype, seed, grading).
+        label: the model's name in the records.
+        n_boot, confidence: bootstrap settings for the accuracy interval.
+    Returns:
+        (records, summary) where summary holds n, accuracy with its interval, format_rate,
+        truncated (share that hit the budget) and mean_tokens.
+    """
+    from r1repro import generation, modeling
+
+    tokenizer = modeling.load_tokenizer(model, trust_remote_code=common.trust_remote_code)
+    generator = generation.generator_for(common, model)
+    prompts = [templates.render_prompt(template, row["problem"], tokenizer) for row in rows]
+    out = generator.generate(prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=max_new_tokens,
+                             seed=common.seed)
+    records = grade_records(_records(label, "heldout", rows, prompts, out, "greedy"), template,
+                            common.grading_workers, common.grading_timeout_s)
+    accuracy, low, high = _mean_ci([float(r["correct"]) for r in records], n_boot, confidence, common.seed)
+    summary = {
+        "n": len(records), "accuracy": accuracy, "accuracy_low": low, "accuracy_high": high,
+        "format_rate": float(np.mean([r["formatted"] for r in records])) if records else float("nan"),
+        "truncated": float(np.mean([r["finish_reason"] == "length" for r in records])) if records else float("nan"),
+        "mean_tokens": float(np.mean([r["num_tokens"] for r in records])) if records else float("nan"),
+    }
+    return records, summary
