@@ -45,7 +45,10 @@ def smoke_repo(tmp_path_factory: pytest.TempPathFactory, repo_root: Path, data_d
         (copy / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(repo_root / rel, copy / rel)
     shutil.copytree(data_dir, copy / "data")
+    # A clone has history; dvclive (training logs) reads the current commit and fails on none.
     _run(["git", "init", "-q"], copy)
+    _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q",
+          "--allow-empty", "-m", "smoke copy"], copy)
     _run([sys.executable, "-m", "r1repro.config", "apply", "profiles/smoke.yaml"], copy)
     result = _run(["dvc", "repro"], copy)
     assert _stages_run(result.stdout) >= set(RESULT_FOLDERS), result.stdout[-3000:]

@@ -82,7 +82,7 @@ class CommonParams(Section):
     trust_remote_code: bool = Field(False, description="let transformers run code shipped with a model")
     grading_timeout_s: float = Field(5.0, gt=0.0, description="time bound for grading one response")
     grading_workers: int = Field(2, ge=1, description="processes that grade in parallel")
-    generation_batch_size: int = Field(16, ge=1, description="prompts per batch (transformers backend)")
+    generation_batch_size: int = Field(64, ge=1, description="sequences (prompts x samples) per batch, transformers backend")
     data_dir: str = "data"
 
 
@@ -143,7 +143,7 @@ class SftParams(Section):
     output_dir: str = "models/sft"
     template: Template = "r1_chat"
     train_examples: int = Field(64, ge=1)
-    heldout: BenchmarkSubset = BenchmarkSubset(file="train/asdiv.jsonl", limit=16)
+    heldout: BenchmarkSubset = BenchmarkSubset(file="train/asdiv.jsonl", limit=32, offset=1500)
     epochs: float = Field(1.0, gt=0.0)
     learning_rate: float = Field(5e-5, gt=0.0)
     batch_size: int = Field(8, ge=1)
@@ -151,6 +151,33 @@ class SftParams(Section):
     max_length: int = Field(512, ge=16)
     lora: LoraParams = LoraParams()
     eval_sampling: SamplingParams = SamplingParams(max_new_tokens=128)
+    source: Literal["worked", "teacher"] = Field(
+        "worked", description="worked: checked solutions from the arithmetic solver; "
+        "teacher: rejection sampling from `teacher` with a few-shot prompt")
+    train_questions: BenchmarkSubset = Field(
+        BenchmarkSubset(file="train/asdiv.jsonl", limit=1500),
+        description="training questions the examples are made from (disjoint from heldout)")
+    teacher: str = Field("models/base", description="hub id or local path (source: teacher)")
+    teacher_sampling: SamplingParams = SamplingParams(n=4, temperature=0.8, top_p=0.95, max_new_tokens=512)
+    few_shot: int = Field(2, ge=0, description="worked demonstrations in the teacher's prompt")
+    min_language: float = Field(0.95, ge=0.0, le=1.0, description="least share of target-language words")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="share of steps warming up")
+    save_steps: int = Field(10, ge=1, description="optimizer steps between resumable checkpoints")
+    checkpoint_dir: str | None = Field(None, description="default: <output_dir>-checkpoints")
+    keep_checkpoints: bool = Field(False, description="keep checkpoints after a successful run")
+    gradient_checkpointing: bool = Field(False, description="trade compute for memory (large models)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SftParams":
+        a, b = self.train_questions, self.heldout
+        if a.file == b.file:
+            a_end = a.offset + a.limit if a.limit else float("inf")
+            b_end = b.offset + b.limit if b.limit else float("inf")
+            if a.offset < b_end and b.offset < a_end:
+                raise ValueError(f"sft.train_questions and sft.heldout share rows of {a.file}: "
+                                 "give them disjoint offset/limit ranges")
+        return self
 
 
 class RlRun(Section):
@@ -182,11 +209,25 @@ class RlParams(Section):
     reward_weights: dict[str, float] = {"accuracy": 1.0, "format": 0.0, "language": 0.0}
     save_steps: int = Field(5, ge=1)
     eval_sampling: SamplingParams = SamplingParams()
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="completions per forward/backward pass (gradient accumulation "
+        "inside one step); None: all prompts_per_step x num_generations at once")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass (saves GPU memory, ~20% slower)")
+    heldout: BenchmarkSubset | None = Field(
+        None, description="held-out prompts answered greedily every eval_steps (disjoint from prompts)")
+    eval_steps: int = Field(0, ge=0, description="held-out evaluation every N steps; 0: off")
 
     @model_validator(mode="after")
     def _check(self) -> "RlParams":
         if not self.runs:
             raise ValueError("rl.runs is empty: name at least one run, e.g. grpo and dr_grpo")
+        per_step = self.prompts_per_step * self.num_generations
+        if self.micro_batch_size is not None and per_step % self.micro_batch_size:
+            raise ValueError(f"rl.micro_batch_size ({self.micro_batch_size}) must divide "
+                             f"rl.prompts_per_step x rl.num_generations ({per_step})")
+        if self.eval_steps and self.heldout is None:
+            raise ValueError("rl.eval_steps > 0 needs rl.heldout (the held-out prompts)")
         return self
 
 

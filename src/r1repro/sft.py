@@ -1,0 +1,423 @@
+"""Supervised fine-tuning with TRL's `SFTTrainer`: stage 2's cold start (and the distill stage's students).
+
+    from r1repro import cold_start, sft
+    dataset = cold_start.to_sft_dataset(examples, "r1_chat", tokenizer)
+    result = sft.train_from_params(dataset, cfg, common, live_dir="results/sft/dvclive")
+    # or, with plain arguments:
+    result = sft.train_sft(dataset, "models/base", "models/sft", sft.TrainSettings(learning_rate=1e-4))
+    result.output_dir, result.global_step, result.losses
+
+What it guarantees:
+
+* Loss on the completion only: the dataset is TRL's prompt/completion shape, and
+  `completion_only_loss=True` sets the prompt tokens' labels to -100 (tests/test_sft.py checks the
+  collated labels).
+* Full fine-tune, or LoRA (PEFT) when `lora.enabled`; LoRA weights are merged into the saved model,
+  so later stages load a plain transformers model.
+* Resumable: checkpoints go to `checkpoint_dir` (default `<output_dir>-checkpoints`) every
+  `save_steps`; a rerun resumes from the last complete one and continues at the step it reached. A
+  checkpoint is reused only when the run's fingerprint (model, data, and every setting except the
+  run length) matches, so a changed learning rate never continues a stale run.
+* Atomic output: the final model is written to a temporary folder beside `output_dir` and renamed
+  into place only after it is complete, so a failed run leaves the previous good model untouched.
+* Training metrics (loss, learning rate, grad norm, ...) go to a DVCLive folder at the trainer's
+  global step, offline: no dvc.yaml is written and no DVC experiment is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import transformers
+from transformers import TrainerCallback
+
+from r1repro.config import CommonParams, LoraParams, SftParams
+from r1repro.io import atomic_write_json, staged_dir
+from r1repro.modeling import load_model, load_tokenizer, resolve_device
+
+logger = logging.getLogger(__name__)
+
+FINGERPRINT_FILE = "r1repro_run.json"
+TRAINING_RECORD = "r1repro_training.json"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Logging to DVCLive
+# ---------------------------------------------------------------------------------------------------
+
+
+def _trim_history(live_dir: Path, last_step: int) -> None:
+    """Drop logged rows past `last_step`: a resumed run recomputes them from its checkpoint."""
+    for table in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        lines = table.read_text(encoding="utf-8").splitlines()
+        header = lines[0].split("\t") if lines else []
+        if "step" not in header:
+            continue
+        column = header.index("step")
+        kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[column]) <= last_step]
+        table.write_text("\n".join(kept) + "\n", encoding="utf-8")
+
+
+class DvcLiveLogger(TrainerCallback):
+    """Trainer logs into a DVCLive folder, indexed by the trainer's global step.
+
+    transformers' own DVCLiveCallback numbers rows with DVCLive's step counter, which restarts or
+    drifts when training resumes; here each row carries the global step, and a resumed run first
+    drops the rows its checkpoint does not cover. `dvcyaml=False, save_dvc_exp=False`: the pipeline's
+    dvc.yaml declares the plots, and a stage run must not create DVC experiments.
+
+    Args:
+        live_dir: the DVCLive folder (metrics under plots/metrics/train/*.tsv, summary in metrics.json).
+    """
+
+    def __init__(self, live_dir: Path | str):
+        self.live_dir = Path(live_dir)
+        self.live = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from dvclive import Live
+
+        if not state.is_world_process_zero:
+            return
+        resumed = state.global_step > 0
+        if resumed:
+            _trim_history(self.live_dir, state.global_step)
+        self.live = Live(str(self.live_dir), resume=resumed, dvcyaml=False, save_dvc_exp=False, report=None)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.live is None:
+            return
+        self.live.step = state.global_step
+        logs = logs or {}
+        # The trainer's last log (train_runtime, train_loss, total_flos...) summarizes the run: it goes
+        # to metrics.json, not into the curves.
+        summary = "train_runtime" in logs
+        for key, value in logs.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.live.log_metric(f"train/{key}", value, plot=not summary)
+        self.live.make_summary()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.live is not None:
+            self.live.end()
+            self.live = None
+
+
+class _StepRecorder(TrainerCallback):
+    """This run's logged losses, as (global step, loss)."""
+
+    def __init__(self) -> None:
+        self.losses: list[tuple[int, float]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append((state.global_step, float(logs["loss"])))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints and fingerprints
+# ---------------------------------------------------------------------------------------------------
+
+
+def dataset_digest(dataset: Any) -> str:
+    """sha256 of the prompt/completion pairs, in order."""
+    digest = hashlib.sha256()
+    for row in dataset:
+        digest.update(json.dumps([row["prompt"], row["completion"]]).encode())
+    return digest.hexdigest()
+
+
+def last_checkpoint(checkpoint_dir: Path | str) -> Path | None:
+    """The complete checkpoint with the highest step, or None.
+
+    A checkpoint is complete once it holds trainer_state.json, which the trainer writes last; a
+    folder from a run killed mid-save lacks it and is skipped.
+
+    Args:
+        checkpoint_dir: the folder holding checkpoint-N subfolders.
+
+    Returns:
+        The path, or None when there is none.
+    """
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        return None
+    complete = [p for p in folder.glob("checkpoint-*")
+                if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def resume_point(checkpoint_dir: Path | str, fingerprint: dict) -> Path | None:
+    """Where to resume from: the last checkpoint of the same run; a different run's are cleared.
+
+    Args:
+        checkpoint_dir: the run's checkpoint folder (created if missing).
+        fingerprint: what identifies the run (model, data digest, settings); stored in the folder.
+
+    Returns:
+        The last complete checkpoint when the folder holds this run's checkpoints, else None.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    record = checkpoint_dir / FINGERPRINT_FILE
+    if checkpoint_dir.exists() and (not record.is_file() or json.loads(record.read_text()) != fingerprint):
+        logger.warning("%s holds checkpoints of a different run (model, data or settings changed); "
+                       "starting from step 0", checkpoint_dir)
+        shutil.rmtree(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(record, fingerprint)
+    return last_checkpoint(checkpoint_dir)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The hyperparameters of one SFT run.
+
+    Attributes:
+        epochs: passes over the data (ignored when max_steps > 0).
+        max_steps: total optimizer steps, overriding epochs when > 0.
+        learning_rate: AdamW's peak rate.
+        lr_scheduler: "linear", "cosine", "constant" or "constant_with_warmup".
+        warmup_ratio: share of the steps spent warming up, in [0, 1).
+        batch_size: examples per device step.
+        grad_accum: device steps per optimizer update.
+        max_length: longest tokenized prompt + completion; longer ones are cut (and counted).
+        lora: LoRA settings; None or `enabled: false` for a full fine-tune.
+        seed: seeds LoRA init, data order and dropout.
+        save_steps: optimizer steps between resumable checkpoints.
+        bf16: bfloat16 mixed precision over float32 weights (GPU).
+        gradient_checkpointing: recompute activations in the backward pass to save memory.
+    """
+
+    epochs: float = 1.0
+    max_steps: int = -1
+    learning_rate: float = 5e-5
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 512
+    lora: LoraParams | None = None
+    seed: int = 1234
+    save_steps: int = 10
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+
+    @classmethod
+    def from_params(cls, cfg: SftParams, common: CommonParams) -> TrainSettings:
+        """The settings of params.yaml's `sft` section, with the seed and precision from `common`.
+
+        `common.dtype: bfloat16` means bf16 mixed precision on a GPU; on CPU training is float32.
+        """
+        return cls(epochs=cfg.epochs, learning_rate=cfg.learning_rate, lr_scheduler=cfg.lr_scheduler,
+                   warmup_ratio=cfg.warmup_ratio, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                   max_length=cfg.max_length, lora=cfg.lora, seed=common.seed, save_steps=cfg.save_steps,
+                   bf16=common.dtype == "bfloat16" and resolve_device(common.device) != "cpu",
+                   gradient_checkpointing=cfg.gradient_checkpointing)
+
+    def identity(self) -> dict[str, Any]:
+        """What changes the weights at a given step: everything but the run length and save frequency.
+
+        Leaving epochs and max_steps out lets a longer rerun continue a shorter one (with
+        keep_checkpoints). Caveat: the resumed scheduler starts from the rate the shorter run ended
+        at (0 for linear decay) for one step, then follows the longer schedule. An interrupted run
+        resumed with the same length is unaffected.
+        """
+        fields = asdict(self)
+        for key in ("epochs", "max_steps", "save_steps"):
+            fields.pop(key)
+        fields["lora"] = self.lora.model_dump() if self.lora is not None and self.lora.enabled else None
+        return fields
+
+
+@dataclass(frozen=True)
+class SftResult:
+    """What a training run did.
+
+    Attributes:
+        output_dir: the final model (merged, plain transformers folder with its tokenizer).
+        global_step: optimizer steps done in total, earlier runs included.
+        start_step: the step this run resumed from (0 for a fresh run).
+        losses: (global step, training loss) logged by this run.
+        train_loss: mean loss over this run's steps.
+        runtime_s: wall time of `trainer.train`.
+        examples: training examples.
+        truncated: examples cut at `max_length` (their end-of-turn token is lost).
+    """
+
+    output_dir: Path
+    global_step: int
+    start_step: int
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    train_loss: float | None = None
+    runtime_s: float = 0.0
+    examples: int = 0
+    truncated: int = 0
+
+
+def _as_dataset(dataset: Any):
+    from datasets import Dataset
+
+    rows = dataset if isinstance(dataset, Dataset) else Dataset.from_list(list(dataset))
+    missing = {"prompt", "completion"} - set(rows.column_names)
+    if missing or len(rows) == 0:
+        raise ValueError(f"SFT needs a non-empty prompt/completion dataset; got columns {rows.column_names} "
+                         f"and {len(rows)} rows (build it with r1repro.cold_start.to_sft_dataset)")
+    return rows.select_columns(["prompt", "completion"])
+
+
+def _lora_config(lora: LoraParams | None):
+    if lora is None or not lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+
+
+def _sft_config(checkpoint_dir: Path, settings: TrainSettings, on_cpu: bool, progress: bool):
+    from trl import SFTConfig
+
+    s = settings
+    return SFTConfig(
+        output_dir=str(checkpoint_dir), num_train_epochs=s.epochs, max_steps=s.max_steps,
+        learning_rate=s.learning_rate, lr_scheduler_type=s.lr_scheduler, warmup_steps=s.warmup_ratio,
+        per_device_train_batch_size=s.batch_size, gradient_accumulation_steps=s.grad_accum,
+        max_length=s.max_length,
+        completion_only_loss=True,  # prompt tokens get label -100: the model learns responses only
+        seed=s.seed, data_seed=s.seed,
+        save_strategy="steps", save_steps=s.save_steps,
+        save_total_limit=1,  # the trainer removes an older checkpoint only after a newer one is complete
+        logging_steps=1, report_to="none", disable_tqdm=not progress,
+        use_cpu=on_cpu, dataloader_pin_memory=not on_cpu,
+        # TRL turns both on by default; bf16 autocast on CPU is slow, and checkpointing costs ~20% time.
+        bf16=s.bf16, activation_checkpointing=s.gradient_checkpointing,
+    )
+
+
+def build_trainer(dataset: Any, model: str, checkpoint_dir: Path | str, settings: TrainSettings, *,
+                  device: str = "auto", trust_remote_code: bool = False,
+                  callbacks: Sequence[TrainerCallback] = (), progress: bool = True):
+    """An `SFTTrainer` for a prompt/completion dataset, with the model loaded by `r1repro.modeling`.
+
+    Args:
+        dataset: a `datasets.Dataset` or list of {"prompt", "completion"}.
+        model: hub id or local folder.
+        checkpoint_dir: where the trainer writes checkpoints.
+        settings: the hyperparameters.
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        trust_remote_code: let transformers run model code shipped with the model.
+        callbacks: extra `TrainerCallback`s.
+        progress: show tqdm progress bars.
+
+    Returns:
+        The trainer; its `train_dataset` holds the tokenized rows with their `labels`.
+    """
+    from trl import SFTTrainer
+
+    transformers.set_seed(settings.seed)  # before the model exists: LoRA's init draws from it
+    target = resolve_device(device)
+    # Weights stay float32 while training; bf16 on GPU is autocast over them (mixed precision).
+    policy = load_model(model, dtype="float32", device=target, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+    return SFTTrainer(model=policy, args=_sft_config(Path(checkpoint_dir), settings, target == "cpu", progress),
+                      train_dataset=_as_dataset(dataset), processing_class=tokenizer,
+                      peft_config=_lora_config(settings.lora), callbacks=list(callbacks))
+
+
+def _count_truncated(trainer, max_length: int) -> int:
+    return sum(1 for ids in trainer.train_dataset["input_ids"] if len(ids) >= max_length)
+
+
+def _save_final(trainer, output_dir: Path, record: dict) -> None:
+    """Merge LoRA (if any) and write model + tokenizer to a staging folder, then rename it into place."""
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()  # a plain model: later stages need no PEFT to load it
+    with staged_dir(output_dir) as tmp:
+        model.save_pretrained(tmp)
+        trainer.processing_class.save_pretrained(tmp)
+        atomic_write_json(tmp / TRAINING_RECORD, record)
+
+
+def train_sft(dataset: Any, model: str, output_dir: Path | str, settings: TrainSettings | None = None, *,
+              checkpoint_dir: Path | str | None = None, live_dir: Path | str | None = None,
+              device: str = "auto", trust_remote_code: bool = False, keep_checkpoints: bool = False,
+              callbacks: Sequence[TrainerCallback] = (), progress: bool = True) -> SftResult:
+    """Fine-tune `model` on a prompt/completion dataset and save the result to `output_dir`.
+
+    Args:
+        dataset: a `datasets.Dataset` or list of {"prompt", "completion"} (see `cold_start.to_sft_dataset`).
+        model: hub id or local folder of the model to start from.
+        output_dir: where the final model goes (replaced only when the run succeeds).
+        settings: the hyperparameters (default: `TrainSettings()`).
+        checkpoint_dir: resumable checkpoints (default: `<output_dir>-checkpoints`).
+        live_dir: DVCLive folder for the training metrics (None: no DVCLive logging).
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        trust_remote_code: let transformers run model code shipped with the model.
+        keep_checkpoints: keep checkpoint_dir after success (default: remove it; it is only for resuming).
+        callbacks: extra `TrainerCallback`s.
+        progress: show tqdm progress bars.
+
+    Returns:
+        An `SftResult`.
+
+    Raises:
+        ValueError: an empty dataset or one without prompt/completion columns.
+        ConfigError: a model that cannot be loaded, or a bad device.
+    """
+    settings = settings or TrainSettings()
+    output_dir = Path(output_dir)
+    checkpoint_dir = Path(checkpoint_dir or output_dir.with_name(output_dir.name + "-checkpoints"))
+    rows = _as_dataset(dataset)
+    fingerprint = {"model": str(model), "data": dataset_digest(rows), "settings": settings.identity()}
+    resume = resume_point(checkpoint_dir, fingerprint)
+    recorder = _StepRecorder()
+    extra = [recorder, *([DvcLiveLogger(live_dir)] if live_dir else []), *callbacks]
+    trainer = build_trainer(rows, model, checkpoint_dir, settings, device=device,
+                            trust_remote_code=trust_remote_code, callbacks=extra, progress=progress)
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    result = SftResult(output_dir=output_dir, global_step=trainer.state.global_step,
+                       start_step=int(resume.name.split("-")[-1]) if resume else 0, losses=recorder.losses,
+                       train_loss=output.training_loss, runtime_s=time.perf_counter() - started,
+                       examples=len(rows), truncated=_count_truncated(trainer, settings.max_length))
+    _save_final(trainer, output_dir, {**fingerprint, "global_step": result.global_step,
+                                      "epochs": settings.epochs, "max_steps": settings.max_steps})
+    if not keep_checkpoints:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return result
+
+
+def train_from_params(dataset: Any, cfg: SftParams, common: CommonParams, *,
+                      live_dir: Path | str | None = None, callbacks: Sequence[TrainerCallback] = (),
+                      progress: bool = True) -> SftResult:
+    """`train_sft` with the settings of params.yaml's `sft` and `common` sections.
+
+    Args:
+        dataset: prompt/completion rows (see `train_sft`).
+        cfg: the validated `sft` section (init_model, output_dir, checkpoints, hyperparameters).
+        common: the validated `common` section (seed, device, dtype, trust_remote_code).
+        live_dir: DVCLive folder for the training metrics.
+        callbacks: extra `TrainerCallback`s.
+        progress: show tqdm progress bars.
+
+    Returns:
+        An `SftResult`.
+    """
+    return train_sft(dataset, cfg.init_model, cfg.output_dir, TrainSettings.from_params(cfg, common),
+                     checkpoint_dir=cfg.checkpoint_dir, live_dir=live_dir, device=common.device,
+                     trust_remote_code=common.trust_remote_code, keep_checkpoints=cfg.keep_checkpoints,
+                     callbacks=callbacks, progress=progress)
