@@ -610,7 +610,8 @@ def rejection_sample(generator: Any, rows: Sequence[dict], template: str, tokeni
         template: prompt template name; its prefill (e.g. `<think>`) is put back in front of each
             completion to make the full response.
         tokenizer: the teacher's tokenizer (needed for chat templates).
-        demos: demonstrations for the few-shot prompt (e.g. from `build_worked_examples`).
+        demos: demonstrations for the few-shot prompt (e.g. from `build_worked_examples`); none:
+            the bare question is asked.
         n: samples per question.
         temperature, top_p, max_tokens, seed: sampling settings.
         per_question: most examples kept per question.
@@ -620,8 +621,9 @@ def rejection_sample(generator: Any, rows: Sequence[dict], template: str, tokeni
         (examples, stats). Each example holds the plain question, not the few-shot prompt: the student
         learns to answer without demonstrations.
     """
-    prompts = [templates.render_prompt(template, few_shot_question(r["problem"], demos), tokenizer)
-               for r in rows]
+    # No demos: the bare question, as in distillation from a teacher that already answers in format.
+    prompts = [templates.render_prompt(template, few_shot_question(r["problem"], demos) if demos else r["problem"],
+                                       tokenizer) for r in rows]
     head = templates.prefill(template)
     outputs = generator.generate(prompts, n=n, temperature=temperature, top_p=top_p,
                                  max_tokens=max_tokens, seed=seed)

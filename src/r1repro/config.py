@@ -234,16 +234,22 @@ class RlParams(Section):
 class DistillParams(Section):
     """Stage 4: rejection-sampled traces from a teacher, SFT into students."""
 
-    teacher: str = "models/rl/dr_grpo"
-    students: dict[str, str] = {"llama_smollm2": "models/base"}
-    output_dir: str = "models/distill"
+    teacher: str = Field("models/rl/dr_grpo/final", description="hub id or local path of the teacher")
+    students: dict[str, str] = Field({"llama_smollm2": "models/base"},
+                                     description="label -> hub id or local path of each student")
+    output_dir: str = Field("models/distill", description="each student lands in <output_dir>/<label>")
     template: Template = "r1_chat"
-    prompts: BenchmarkSubset = BenchmarkSubset(file="train/gsm8k.jsonl", limit=16)
+    prompts: BenchmarkSubset = BenchmarkSubset(file="train/asdiv.jsonl", limit=48)
+    heldout: BenchmarkSubset = BenchmarkSubset(file="train/asdiv.jsonl", limit=32, offset=1500)
     sampling: SamplingParams = SamplingParams(n=4, temperature=0.8, top_p=0.95)
+    per_question: int = Field(2, ge=1, description="most distinct correct traces kept per prompt")
+    min_language: float = Field(0.95, ge=0.0, le=1.0, description="least share of target-language words")
     epochs: float = Field(1.0, gt=0.0)
     learning_rate: float = Field(5e-5, gt=0.0)
     batch_size: int = Field(8, ge=1)
+    max_length: int = Field(512, ge=16)
     lora: LoraParams = LoraParams()
+    eval_sampling: SamplingParams = SamplingParams(max_new_tokens=128)
 
 
 class EvaluateParams(Section):

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import pandas as pd
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
@@ -802,3 +803,37 @@ def train_run(cfg: RlParams, run: str, common: CommonParams, *,
     return RunResult(run=run, final_dir=final, diagnostics=list(diagnostics.rows), run_dir=run_dir,
                      live_dir=diagnostics.live_dir, resumed_from=checkpoint_step(resume) if resume else None,
                      global_step=step)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Comparing the runs (the notebook's tables and plots)
+# ---------------------------------------------------------------------------------------------------
+
+CURVES = ("reward", "accuracy", "mean_length", "mean_length_incorrect", "truncated_share", "zero_std_share")
+
+
+def curves_frame(results: Sequence[RunResult]) -> pd.DataFrame:
+    """Every run's per-step diagnostics in one tidy table (column `run`), training steps only."""
+    frames = [pd.DataFrame(r.diagnostics).assign(run=r.run) for r in results if r.diagnostics]
+    if not frames:
+        return pd.DataFrame(columns=["run", "step", *CURVES])
+    frame = pd.concat(frames, ignore_index=True)
+    frame = frame[frame["step"] > 0] if "step" in frame else frame
+    for column in CURVES:
+        if column not in frame:
+            frame[column] = float("nan")
+    return frame.reset_index(drop=True)
+
+
+def late_means(frame: pd.DataFrame, share: float = 0.5) -> pd.DataFrame:
+    """Each run's diagnostics averaged over its last `share` of steps (one row per run).
+
+    Single steps are noisy (a step sees a couple of questions); the paper's claim is about the trend,
+    so the bias diagnostics compare the second half of training.
+    """
+    rows = []
+    for run, part in frame.groupby("run", sort=False):
+        steps = sorted(part["step"].unique())
+        late = part[part["step"].isin(steps[int(len(steps) * (1 - share)):])]
+        rows.append({"run": run, "steps": len(late), **{c: late[c].astype(float).mean() for c in CURVES}})
+    return pd.DataFrame(rows)
