@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -80,10 +81,11 @@ def test_saved_tables_recompute_from_records(repo_root) -> None:
     folder = repo_root / "results" / "eval"
     if not (folder / "records.jsonl").is_file():
         pytest.skip("no evaluation results in this checkout yet (run `make repro`)")
-    from r1repro.config import load_params
-    cfg = load_params(repo_root).evaluate
-    records = pd.read_json(folder / "records.jsonl", lines=True).to_dict("records")
-    seed = load_params(repo_root).common.seed
+    # The params that made these results, as recorded beside them (params.yaml may have moved on).
+    protocol = json.loads((folder / "protocol.json").read_text())
+    cfg = EvaluateParams(**protocol["params"])
+    seed = protocol["common"]["seed"]
+    records = [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
     summary = evaluation.summarize_records(records, cfg.bootstrap_samples, cfg.confidence, seed)
     tables = {m: evaluation.markdown_table(summary, m) for m in evaluation.SUMMARY_METRICS}
     assert evaluation.report_tables(tables, cfg) == (folder / "table.md").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from r1repro import probe
@@ -54,3 +55,12 @@ def test_reflection_table_counts_keywords() -> None:
     table = probe.reflection_table(_recs())
     recheck = table[(table["template"] == "r1") & (table["keyword"] == "recheck")].iloc[0]
     assert recheck["count"] == 1 and recheck["question_rate"] == 0.5
+
+
+def test_probe_metrics_keep_every_k() -> None:
+    rates = pd.DataFrame([{"model": "m", "template": "r1", "answer_rate": 0.5, "accuracy": 0.25}])
+    pass_k = pd.DataFrame([{"model": "m", "temperature": t, "k": k, "pass_at_k": t + k / 10}
+                           for t in (0.0, 0.6) for k in (1, 2)])
+    metrics = probe.probe_metrics(rates, pass_k, 8)
+    assert metrics["pass_at_k"]["m"]["T0.6"] == {"k1": pytest.approx(0.7), "k2": pytest.approx(0.8)}
+    assert metrics["answer_rate"] == {"m": {"r1": 0.5}} and metrics["n_questions"] == 8

@@ -139,3 +139,16 @@ def reflection_table(records: Sequence[dict]) -> pd.DataFrame:
             rows.append({"model": model, "template": template, "keyword": keyword, "count": int(count),
                          "question_rate": rate})
     return pd.DataFrame(rows)
+
+
+def probe_metrics(answer_rates: pd.DataFrame, pass_k: pd.DataFrame, n_questions: int) -> dict:
+    """metrics.json of the probe stage: answer rate and accuracy per model and template, pass@k
+    per model, temperature and k (nested, so `dvc metrics diff` lists each number by name)."""
+    metrics: dict = {"answer_rate": {}, "accuracy": {}, "pass_at_k": {}, "n_questions": n_questions}
+    for r in answer_rates.itertuples():
+        metrics["answer_rate"].setdefault(r.model, {})[r.template] = float(r.answer_rate)
+        metrics["accuracy"].setdefault(r.model, {})[r.template] = float(r.accuracy)
+    for r in pass_k.itertuples():
+        by_temperature = metrics["pass_at_k"].setdefault(r.model, {}).setdefault(f"T{r.temperature:g}", {})
+        by_temperature[f"k{r.k}"] = float(r.pass_at_k)
+    return metrics
