@@ -12,9 +12,12 @@ PROFILE ?=
 # its own venv; the tests of the vllm backend run their vLLM half in it (R1REPRO_VLLM_PYTHON).
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat requirements-vllm.lock pyproject.toml 2>/dev/null | md5sum | cut -c1-12)
+# The JupyterLab browser test (tests/test_lab.py) drives Debian's Chromium through its chromedriver.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_ENV := R1REPRO_VLLM_PYTHON="$(CURDIR)/$(VLLM_VENV)/bin/python" R1REPRO_REQUIRE_VLLM=1 HF_HUB_OFFLINE=1
 
-.PHONY: help venv venv-vllm data model repro repro-gpu test test-fast lab compare strip clean-venv
+.PHONY: help venv venv-vllm data model repro repro-gpu chromium test test-fast lab kernel compare strip clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -63,18 +66,27 @@ repro-gpu: venv data ## merge profiles/gpu.yaml into params.yaml, then dvc repro
 	$(RUN) python -m r1repro.config apply profiles/gpu.yaml
 	$(RUN) dvc repro
 
-test: venv venv-vllm data model ## run the test suite (unit tests, vLLM backend, a smoke dvc repro in a temporary copy)
+chromium: ## install Chromium and chromedriver (Debian packages) when missing, for the JupyterLab browser test
+	@test -x $(CHROMIUM) -a -x /usr/bin/chromedriver || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium chromium-driver; }
+
+test: venv venv-vllm data model chromium ## run the test suite (unit tests, vLLM backend, a smoke dvc repro in a temporary copy)
 	$(RUN) $(TEST_ENV) python -m pytest -q
 
 test-fast: venv data model ## the tests without the slow ones
 	$(RUN) HF_HUB_OFFLINE=1 python -m pytest -q -m "not slow"
 
-lab: venv data ## open the notebooks in JupyterLab with the project's kernel
-	$(RUN) jupyter lab notebooks/
+kernel: venv ## register .venv as the Jupyter kernel "r1repro" (inside .venv, so only its JupyterLab sees it)
+	@test -f $(VENV)/share/jupyter/kernels/r1repro/kernel.json || \
+		$(PY) -m ipykernel install --sys-prefix --name r1repro --display-name "Python 3 (r1repro)"
 
-compare: venv ## what the working tree changed against main: metrics and params
+# The notebooks' kernelspec is python3, which the venv's JupyterLab also runs with the venv's python.
+lab: venv data kernel ## open the notebooks in JupyterLab with the project's kernel
+	$(RUN) jupyter lab --MappingKernelManager.default_kernel_name=r1repro $(if $(SUDO),,--allow-root) notebooks/
+
+compare: venv ## what the working tree changed against main: metrics, params, and plots (results/.plots-diff)
 	$(RUN) dvc metrics diff main --md
 	$(RUN) dvc params diff main --md
+	$(RUN) dvc plots diff main --out results/.plots-diff
 
 strip: venv ## remove outputs from the notebooks in notebooks/
 	$(RUN) nbstripout notebooks/*.ipynb

@@ -94,6 +94,12 @@ def test_load_jsonl_reads_real_rows(data_dir: Path) -> None:
         (b'{"problem": "1+1"}\n', "lacks answer"),
         (b'["problem", "answer"]\n', "lacks problem, answer"),
         (b'{"problem": "caf\xe9", "answer": "1"}\n', "not UTF-8"),
+        (b"\n\n  \n", "no rows; the file is empty"),
+        (b'"just a string"\n', "lacks problem, answer"),
+        (b'{"answer": "1"}\n', "lacks problem"),
+        (b'{"problem": "1+1", "answer": "2"}\n{"problem": \n', ":2: not valid JSON"),
+        ('{"problem": "1+1", "answer": "2"}\n'.encode("utf-16"), "not UTF-8"),
+        (b'{"problem": "1+1", "answer": "2"}\n\xc3\x28\n', "not UTF-8"),
     ],
 )
 def test_load_jsonl_bad_files(tmp_path: Path, content: bytes, expected: str) -> None:

@@ -87,6 +87,44 @@ def test_saved_tables_recompute_from_records(repo_root) -> None:
     seed = protocol["common"]["seed"]
     records = [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
     summary = evaluation.summarize_records(records, cfg.bootstrap_samples, cfg.confidence, seed)
-    tables = {m: evaluation.markdown_table(summary, m) for m in evaluation.SUMMARY_METRICS}
+    tables = {m: evaluation.markdown_table(summary, m) for m in evaluation.reported_metrics(summary)}
     assert evaluation.report_tables(tables, cfg) == (folder / "table.md").read_text()
     assert not math.isnan(summary["mean@k"].iloc[0])
+
+
+class _CountingGenerator:
+    """Answers each prompt with its own text; records every generate call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, n, temperature, top_p, max_tokens, seed, stop=None):
+        from r1repro.generation import Completion
+
+        self.calls.append((len(prompts), n, temperature))
+        return [[Completion(prompt_index=i, sample_index=j, text=f"{p}#{j}", num_tokens=3, finish_reason="stop")
+                 for j in range(n)] for i, p in enumerate(prompts)]
+
+
+class _Tok:
+    chat_template = None
+
+
+def test_generate_records_pools_benchmarks_and_can_skip_greedy() -> None:
+    benchmarks = {"a": [{"id": "a1", "problem": "P-a1", "answer": "1"}],
+                  "b": [{"id": "b1", "problem": "P-b1", "answer": "2"},
+                        {"id": "b2", "problem": "P-b2", "answer": "3"}]}
+    sampling = EvaluateParams(models={"m": "x"}, benchmarks={"a": {"file": "f"}}).sampling
+    gen = _CountingGenerator()
+    recs = evaluation.generate_records(gen, _Tok(), "m", benchmarks, "none", sampling, 0, seed=0)
+    assert gen.calls == [(3, sampling.n, sampling.temperature)]  # one call for all benchmarks, no greedy
+    assert {r["mode"] for r in recs} == {"sampled"}
+    for r in recs:  # each response stays with its own benchmark, question and gold
+        assert r["response"].startswith(r["prompt"]) and f"P-{r['question_id']}" in r["prompt"]
+        assert r["benchmark"] == r["question_id"][0]
+    gen = _CountingGenerator()
+    recs = evaluation.generate_records(gen, _Tok(), "m", benchmarks, "none", sampling, 16, seed=0)
+    assert gen.calls[0] == (3, 1, 0.0) and len(recs) == 3 * (1 + sampling.n)
+    summary = evaluation.summarize_records([dict(r, correct=False, extracted=None, formatted=False)
+                                            for r in recs if r["mode"] == "sampled"], n_boot=10)
+    assert "greedy" not in evaluation.reported_metrics(summary)

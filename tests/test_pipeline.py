@@ -7,26 +7,19 @@ no-op, `dvc status` is clean, and a change reruns exactly the stages it touches.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from repo_copy import make_copy, run
 
 pytestmark = pytest.mark.slow
 
 RESULT_FOLDERS = {"probe": "probe", "sft": "sft", "rl": "rl", "distill": "distill", "evaluate": "eval"}
 
 
-def _run(args: list[str], cwd: Path, timeout: int = 1800) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
+_run = run  # fails the test with the command's output
 
 
 def _stages_run(output: str) -> set[str]:
@@ -36,20 +29,7 @@ def _stages_run(output: str) -> set[str]:
 @pytest.fixture(scope="module")
 def smoke_repo(tmp_path_factory: pytest.TempPathFactory, repo_root: Path, data_dir: Path) -> Path:
     """A copy of the checkout (tracked and new files, no results), on smoke params, after `dvc repro`."""
-    copy = tmp_path_factory.mktemp("smoke") / "repo"
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo_root,
-                            capture_output=True, text=True, check=True).stdout.split("\n")
-    for rel in filter(None, listed):
-        if rel.startswith("results/") or rel == "dvc.lock" or not (repo_root / rel).is_file():
-            continue
-        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(repo_root / rel, copy / rel)
-    shutil.copytree(data_dir, copy / "data")
-    # A clone has history; dvclive (training logs) reads the current commit and fails on none.
-    _run(["git", "init", "-q"], copy)
-    _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q",
-          "--allow-empty", "-m", "smoke copy"], copy)
-    _run([sys.executable, "-m", "r1repro.config", "apply", "profiles/smoke.yaml"], copy)
+    copy = make_copy(tmp_path_factory.mktemp("smoke") / "repo", repo_root, data_dir)
     result = _run(["dvc", "repro"], copy)
     assert _stages_run(result.stdout) >= set(RESULT_FOLDERS), result.stdout[-3000:]
     return copy
@@ -108,3 +88,17 @@ def test_editing_a_notebook_reruns_that_stage_and_what_it_feeds(smoke_repo: Path
     _touch_notebook(smoke_repo, "02_cold_start_sft.ipynb")
     ran = _stages_run(_run(["dvc", "repro"], smoke_repo).stdout)
     assert "sft" in ran and ran <= {"sft", "rl", "distill", "evaluate"}
+
+
+def test_an_experiment_on_one_rl_param_shows_in_exp_diff(smoke_repo: Path) -> None:
+    """`dvc exp run -S rl.<key>=...` reruns rl and what follows it, and `dvc exp diff` shows the change."""
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    _run([*git, "add", "-A"], smoke_repo)
+    _run([*git, "commit", "-q", "-m", "baseline results"], smoke_repo)
+    result = _run(["dvc", "exp", "run", "-S", "rl.learning_rate=0.001", "--name", "lr-up"], smoke_repo)
+    ran = _stages_run(result.stdout)
+    assert "rl" in ran and ran <= {"rl", "distill", "evaluate"}, result.stdout[-2000:]
+    diff = json.loads(_run(["dvc", "exp", "diff", "HEAD", "lr-up", "--json"], smoke_repo).stdout)
+    assert diff["params"]["params.yaml"]["rl.learning_rate"]["new"] == 0.001
+    changed = diff["metrics"]
+    assert "results/rl/metrics.json" in changed or "results/eval/metrics.json" in changed, changed.keys()

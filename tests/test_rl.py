@@ -439,3 +439,15 @@ def test_a_crashed_run_keeps_the_last_good_final_model(tiny_model, common, tmp_p
     assert not list(good.final_dir.parent.glob(".final.*"))  # no staging folder left behind
     # The crash came before checkpoint 2 was written; checkpoint 1 is still the one to resume from.
     assert rl.last_complete_checkpoint(good.run_dir / rl.CHECKPOINTS).name == "checkpoint-1"
+
+
+def test_heldout_frame_keeps_only_evaluated_steps() -> None:
+    from types import SimpleNamespace
+
+    diag = [{"step": 0, "heldout_accuracy": 0.25}, {"step": 1, "reward": 0.5},
+            {"step": 2, "reward": 0.4, "heldout_accuracy": 0.5}]
+    frame = rl.heldout_frame([SimpleNamespace(run="grpo", diagnostics=diag),
+                              SimpleNamespace(run="dr_grpo", diagnostics=diag[:2])])
+    assert frame.to_dict("records") == [{"run": "grpo", "step": 0, "heldout_accuracy": 0.25},
+                                        {"run": "grpo", "step": 2, "heldout_accuracy": 0.5},
+                                        {"run": "dr_grpo", "step": 0, "heldout_accuracy": 0.25}]

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from r1repro.templates import TEMPLATES
 
@@ -78,7 +79,11 @@ class CommonParams(Section):
     seed: int = 1234
     backend: Literal["transformers", "vllm"] = "transformers"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights of models that are trained (bfloat16: mixed precision on a GPU)")
+    inference_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="weights of models loaded only to generate (probing, held-out checks, teachers, "
+        "evaluation); None: the same as dtype")
     trust_remote_code: bool = Field(False, description="let transformers run code shipped with a model")
     grading_timeout_s: float = Field(5.0, gt=0.0, description="time bound for grading one response")
     grading_workers: int = Field(2, ge=1, description="processes that grade in parallel")
@@ -231,12 +236,74 @@ class RlParams(Section):
         return self
 
 
+# Architectures a student can be built from a config (random init); r1repro.distill.SCRATCH_BUILDERS
+# holds one builder per name.
+ScratchArchitecture = Literal["qwen2"]
+# A student built from a config has no pretrained weights: its label must say so wherever it shows
+# (metrics, tables, model folders), so no reader takes its numbers for a pretrained model's.
+NOT_PRETRAINED_MARK = "not_pretrained"
+
+
+class ScratchModelConfig(Section):
+    """The size of a student built from a config; vocabulary, EOS and BOS come from its tokenizer."""
+
+    hidden_size: int = Field(256, ge=8)
+    num_hidden_layers: int = Field(4, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    num_key_value_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(704, ge=1)
+    max_position_embeddings: int = Field(2048, ge=16)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ScratchModelConfig":
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of "
+                             f"num_attention_heads ({self.num_attention_heads})")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                             f"num_key_value_heads ({self.num_key_value_heads})")
+        return self
+
+
+class StudentSpec(Section):
+    """One distillation student: pretrained weights (`init`), or a model built from a config.
+
+    `{init: models/base}` (or the plain string `models/base`) starts from pretrained weights;
+    `{architecture: qwen2, config: {...}, tokenizer: models/base}` builds a randomly initialised model
+    of that architecture around the tokenizer (for families whose weights cannot be fetched here).
+    """
+
+    init: str | None = Field(None, description="hub id or local path of pretrained starting weights")
+    architecture: ScratchArchitecture | None = Field(None, description="build from a config instead")
+    config: ScratchModelConfig | None = Field(None, description="size (architecture); None: the defaults")
+    tokenizer: str | None = Field(None, description="hub id or local path of the tokenizer (architecture)")
+    note: str = Field("", description="shown beside the student's numbers")
+
+    @model_validator(mode="after")
+    def _check(self) -> "StudentSpec":
+        if (self.init is None) == (self.architecture is None):
+            raise ValueError("give exactly one of `init` (pretrained weights) or `architecture` "
+                             "(built from `config`, random init)")
+        if self.architecture is not None and not self.tokenizer:
+            raise ValueError(f"architecture {self.architecture!r} needs `tokenizer` (hub id or local path)")
+        if self.init is not None and (self.config is not None or self.tokenizer is not None):
+            raise ValueError("`config` and `tokenizer` belong to a student built from an `architecture`; "
+                             "a student with `init` takes both from its weights")
+        return self
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the student starts from pretrained weights."""
+        return self.init is not None
+
+
 class DistillParams(Section):
     """Stage 4: rejection-sampled traces from a teacher, SFT into students."""
 
     teacher: str = Field("models/rl/dr_grpo/final", description="hub id or local path of the teacher")
-    students: dict[str, str] = Field({"llama_smollm2": "models/base"},
-                                     description="label -> hub id or local path of each student")
+    students: dict[str, StudentSpec] = Field(
+        {"llama_smollm2": StudentSpec(init="models/base")},
+        description="label -> {init: path} or {architecture, config, tokenizer}; a plain string means init")
     output_dir: str = Field("models/distill", description="each student lands in <output_dir>/<label>")
     template: Template = "r1_chat"
     prompts: BenchmarkSubset = BenchmarkSubset(file="train/asdiv.jsonl", limit=48)
@@ -251,6 +318,31 @@ class DistillParams(Section):
     lora: LoraParams = LoraParams()
     eval_sampling: SamplingParams = SamplingParams(max_new_tokens=128)
 
+    @field_validator("students", mode="before")
+    @classmethod
+    def _plain_paths(cls, value: Any) -> Any:
+        """`label: path` is short for `label: {init: path}` (the earlier form of this key)."""
+        if isinstance(value, dict):
+            return {k: {"init": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "DistillParams":
+        for label, spec in self.students.items():
+            if not spec.pretrained and NOT_PRETRAINED_MARK not in label:
+                raise ValueError(f"distill.students.{label}: a student built from a config has random "
+                                 f"weights; its label must contain {NOT_PRETRAINED_MARK!r} "
+                                 f"(e.g. {label}_{NOT_PRETRAINED_MARK})")
+        return self
+
+
+class DistillVsRl(Section):
+    """The distill-vs-RL table: labels of `evaluate.models` that start from the same weights."""
+
+    start: str = Field("base", description="the shared starting weights")
+    rl: str = Field("dr_grpo", description="the RL route: cold-start SFT, then RL, from `start`")
+    distilled: str = Field("distill_llama_smollm2", description="the student distilled from `start`")
+
 
 class EvaluateParams(Section):
     """Stage 5: every checkpoint on every benchmark."""
@@ -259,9 +351,11 @@ class EvaluateParams(Section):
     benchmarks: dict[str, BenchmarkSubset]
     template: Template = "r1"
     sampling: SamplingParams = SamplingParams(n=4, temperature=0.6, top_p=0.95)
-    greedy_max_new_tokens: int = Field(256, ge=1)
+    greedy_max_new_tokens: int = Field(256, ge=0, description="greedy response budget; 0: no greedy decoding")
     bootstrap_samples: int = Field(1000, ge=10)
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    # Labels missing from `models` (smoke runs) give a "not run" line in the table, not an error.
+    distill_vs_rl: DistillVsRl = DistillVsRl()
 
     @model_validator(mode="after")
     def _check(self) -> "EvaluateParams":
@@ -399,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # e.g. a full disk while writing params.yaml (left as it was)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print("usage: python -m r1repro.config check | apply PROFILE.yaml", file=sys.stderr)
     return 2
 

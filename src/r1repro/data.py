@@ -219,7 +219,7 @@ def load_jsonl(path: Path | str, limit: int | None = None, offset: int = 0) -> l
         raise DataError(f"{path}: dataset file not found; run `python -m r1repro.data fetch` "
                         "or fix the `file:` entry in params.yaml")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some editors add one) is fine
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err}); re-save the file as UTF-8") from err
     rows = []

@@ -8,8 +8,16 @@ finished on its own, is in the R1 format, is in one language, is judged correct 
 fine-tuned on the kept traces with TRL's SFTTrainer (`r1repro.sft`), with the same prompt strings the
 evaluation uses.
 
+Students come in two kinds (params `distill.students`): pretrained weights (`{init: models/base}`), or a
+model built from a config around a tokenizer (`{architecture: qwen2, config: {...}, tokenizer: ...}`).
+The second is our departure from the paper, which distills into pretrained Qwen2.5 and Llama models:
+no pretrained Qwen weights can be fetched on the CPU default, so a small Qwen2 is built with random
+weights; its label says "not_pretrained" wherever it appears, and its numbers measure what SFT on a
+few traces gives a model that knows no language, not what distillation gives a pretrained one.
+
     examples, stats = sample_traces(generator, tokenizer, rows, cfg, common)
-    result = train_student("llama_smollm2", "models/base", examples, cfg, common, live_dir)
+    start = prepare_student("llama_smollm2", cfg.students["llama_smollm2"], cfg, common)
+    result = train_student("llama_smollm2", start, examples, cfg, common, live_dir)
 """
 
 from __future__ import annotations
@@ -18,9 +26,28 @@ from pathlib import Path
 from statistics import mean
 from typing import Any, Sequence
 
-from r1repro import cold_start, modeling
-from r1repro.config import CommonParams, DistillParams
+from r1repro import cold_start, modeling, templates
+from r1repro.config import CommonParams, DistillParams, ScratchModelConfig, StudentSpec
+from r1repro.io import atomic_write_json, staged_dir
 from r1repro.sft import SftResult, TrainSettings, train_sft
+
+STUDENT_RECORD = "r1repro_student.json"
+
+
+def _qwen2_config(size: ScratchModelConfig, tokenizer: Any):
+    """A Qwen2 config of the given size around `tokenizer`: its vocabulary, BOS, EOS and pad ids."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(vocab_size=len(tokenizer), hidden_size=size.hidden_size,
+                       num_hidden_layers=size.num_hidden_layers, num_attention_heads=size.num_attention_heads,
+                       num_key_value_heads=size.num_key_value_heads, intermediate_size=size.intermediate_size,
+                       max_position_embeddings=size.max_position_embeddings, tie_word_embeddings=True,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id)
+
+
+# Architectures a student can be built from (params `distill.students.<label>.architecture`).
+SCRATCH_BUILDERS = {"qwen2": _qwen2_config}
 
 
 def sample_traces(generator: Any, tokenizer: Any, rows: Sequence[dict], cfg: DistillParams,
@@ -91,3 +118,56 @@ def train_student(label: str, student: str, examples: Sequence[cold_start.ColdSt
                              bf16=common.dtype == "bfloat16" and modeling.resolve_device(common.device) != "cpu")
     return train_sft(dataset, student, Path(cfg.output_dir) / label, settings, live_dir=live_dir,
                      device=common.device, trust_remote_code=common.trust_remote_code)
+
+
+def build_scratch_student(spec: StudentSpec, output_dir: Path | str, template: str, seed: int,
+                          trust_remote_code: bool = False) -> Path:
+    """Build a randomly initialised student from its config and save it, with its tokenizer.
+
+    Generation stops at the tokenizer's EOS and at the template's end-of-turn marker (the same token,
+    `<|im_end|>`, for SmolLM2's tokenizer and `r1_chat`): both go into the saved generation config.
+
+    Args:
+        spec: a student with `architecture` (see `SCRATCH_BUILDERS`), `config` and `tokenizer`.
+        output_dir: where the model goes (replaced as a whole).
+        template: the prompt template the student is trained and evaluated with.
+        seed: seeds the random initialisation.
+        trust_remote_code: let transformers run tokenizer code shipped with the tokenizer.
+
+    Returns:
+        The folder, loadable by `r1repro.modeling.load_model`.
+    """
+    import transformers
+
+    tokenizer = modeling.load_tokenizer(spec.tokenizer, trust_remote_code=trust_remote_code)
+    config = SCRATCH_BUILDERS[spec.architecture](spec.config or ScratchModelConfig(), tokenizer)
+    transformers.set_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    marker_ids = tokenizer.encode(templates.end_of_turn(template, tokenizer), add_special_tokens=False)
+    if len(marker_ids) != 1:
+        raise ValueError(f"template {template!r}: the end-of-turn marker of tokenizer {spec.tokenizer!r} "
+                         "is not one token, so generation could not stop on it")
+    stops = list(dict.fromkeys([tokenizer.eos_token_id, marker_ids[0]]))
+    model.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
+    with staged_dir(output_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / STUDENT_RECORD, {"pretrained": False, "seed": seed, **spec.model_dump()})
+    return Path(output_dir)
+
+
+def prepare_student(label: str, spec: StudentSpec, cfg: DistillParams, common: CommonParams) -> str:
+    """A student's starting weights: its `init`, or a model built from its config.
+
+    Args:
+        label: the student's name (params `distill.students` key).
+        spec: its entry.
+        cfg, common: validated params sections.
+
+    Returns:
+        A hub id or local folder; a built student is saved in `<cfg.output_dir>/<label>-init`.
+    """
+    if spec.pretrained:
+        return spec.init
+    folder = Path(cfg.output_dir) / f"{label}-init"
+    return str(build_scratch_student(spec, folder, cfg.template, common.seed, common.trust_remote_code))

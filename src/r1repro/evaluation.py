@@ -56,6 +56,10 @@ def generate_records(generator, tokenizer, label: str, benchmarks: dict[str, Seq
                      template: str, sampling, greedy_max_new_tokens: int, seed: int) -> list[dict]:
     """Greedy and sampled responses for every question of every benchmark (ungraded records).
 
+    All benchmarks go through one `generate` call per mode: small subsets then share full batches
+    instead of each decoding a half-empty batch to the token budget (on CPU the cost of a batch
+    grows much less than its size).
+
     Args:
         generator: a `r1repro.generation` backend holding the model.
         tokenizer: the model's tokenizer (for chat templates).
@@ -63,20 +67,26 @@ def generate_records(generator, tokenizer, label: str, benchmarks: dict[str, Seq
         benchmarks: benchmark name -> question rows (`id`, `problem`, `answer`).
         template: prompt template name.
         sampling: SamplingParams for the k sampled responses.
-        greedy_max_new_tokens: token budget of the greedy response.
+        greedy_max_new_tokens: token budget of the greedy response; 0 skips greedy decoding.
         seed: sampling seed.
     Returns:
         One record per response, without verdicts.
     """
+    names = [name for name, rows in benchmarks.items() for _ in rows]
+    rows = [row for part in benchmarks.values() for row in part]
+    prompts = [templates.render_prompt(template, row["problem"], tokenizer) for row in rows]
+    outputs = {}
+    if greedy_max_new_tokens > 0:
+        outputs["greedy"] = generator.generate(prompts, n=1, temperature=0.0, top_p=1.0,
+                                               max_tokens=greedy_max_new_tokens, seed=seed)
+    outputs["sampled"] = generator.generate(prompts, n=sampling.n, temperature=sampling.temperature,
+                                            top_p=sampling.top_p, max_tokens=sampling.max_new_tokens, seed=seed)
     records: list[dict] = []
-    for name, rows in benchmarks.items():
-        prompts = [templates.render_prompt(template, row["problem"], tokenizer) for row in rows]
-        greedy = generator.generate(prompts, n=1, temperature=0.0, top_p=1.0,
-                                    max_tokens=greedy_max_new_tokens, seed=seed)
-        records += _records(label, name, rows, prompts, greedy, "greedy")
-        sampled = generator.generate(prompts, n=sampling.n, temperature=sampling.temperature,
-                                     top_p=sampling.top_p, max_tokens=sampling.max_new_tokens, seed=seed)
-        records += _records(label, name, rows, prompts, sampled, "sampled")
+    for name in benchmarks:  # benchmark by benchmark, greedy before sampled, as the tables read
+        keep = [i for i, n in enumerate(names) if n == name]
+        for mode, out in outputs.items():
+            records += _records(label, name, [rows[i] for i in keep], [prompts[i] for i in keep],
+                                [out[i] for i in keep], mode)
     return records
 
 
@@ -160,6 +170,11 @@ def _cell(row: pd.Series, metric: str) -> str:
     return text
 
 
+def reported_metrics(summary: pd.DataFrame) -> list[str]:
+    """The SUMMARY_METRICS that hold a number somewhere (greedy is absent when greedy decoding is off)."""
+    return [m for m in SUMMARY_METRICS if m in summary and summary[m].notna().any()]
+
+
 def markdown_table(summary: pd.DataFrame, metric: str) -> str:
     """A models x benchmarks markdown table of one metric; headers carry each benchmark's size."""
     benchmarks = list(dict.fromkeys(summary["benchmark"]))
@@ -208,7 +223,9 @@ def report_tables(tables: dict[str, str], cfg) -> str:
         "# Evaluation",
         "",
         f"Protocol: template `{cfg.template}`; k={s.n} samples at T={s.temperature}, top-p={s.top_p}, "
-        f"at most {s.max_new_tokens} new tokens; greedy budget {cfg.greedy_max_new_tokens} tokens; "
+        f"at most {s.max_new_tokens} new tokens; "
+        + (f"greedy budget {cfg.greedy_max_new_tokens} tokens; " if cfg.greedy_max_new_tokens
+           else "no greedy decoding (greedy_max_new_tokens 0); ") +
         f"intervals: {cfg.confidence:.0%} bootstrap over questions ({cfg.bootstrap_samples} resamples). "
         "n = questions used from each benchmark.",
     ]
@@ -253,3 +270,72 @@ def greedy_heldout(model: str, rows: Sequence[dict], template: str, max_new_toke
         "mean_tokens": float(np.mean([r["num_tokens"] for r in records])) if records else float("nan"),
     }
     return records, summary
+
+
+def _interval_text(metrics: dict[str, Any], metric: str, model: str, benchmark: str) -> str:
+    """One model's value on one benchmark from metrics.json, in %, with its interval when recorded."""
+    value = metrics[metric][model].get(benchmark)
+    if value is None:
+        return "n/a"
+    low = metrics.get(f"{metric}_low", {}).get(model, {}).get(benchmark)
+    high = metrics.get(f"{metric}_high", {}).get(model, {}).get(benchmark)
+    return f"{100 * value:.1f}" + (f" [{100 * low:.1f}, {100 * high:.1f}]" if low is not None else "")
+
+
+def _compare(metrics: dict[str, Any], metric: str, a: str, b: str, benchmark: str) -> tuple[str, bool]:
+    """(which of models a and b scores higher, or "tie"; whether their intervals overlap)."""
+    va, vb = metrics[metric][a].get(benchmark), metrics[metric][b].get(benchmark)
+    if va is None or vb is None:
+        return "n/a", True
+    lows, highs = metrics.get(f"{metric}_low", {}), metrics.get(f"{metric}_high", {})
+    la, ha = lows.get(a, {}).get(benchmark, va), highs.get(a, {}).get(benchmark, va)
+    lb, hb = lows.get(b, {}).get(benchmark, vb), highs.get(b, {}).get(benchmark, vb)
+    return ("tie" if va == vb else a if va > vb else b), not (la > hb or lb > ha)
+
+
+def distill_vs_rl_table(metrics: dict[str, Any], rl: str, distilled: str, start: str | None = None,
+                        metric: str = "mean@k") -> str:
+    """Markdown: the RL route vs a distilled student from the same starting weights, per benchmark.
+
+    DeepSeek-R1 (Sec. 4.1) finds distilling a strong model's traces beats RL on the small model
+    itself; this table puts our two routes side by side: `rl` (cold-start SFT, then RL, from `start`)
+    and `distilled` (SFT on the teacher's traces, from `start`). A verdict line counts the benchmarks
+    each wins and whether the intervals overlap (overlap: the difference is not established).
+
+    Args:
+        metrics: the evaluate stage's metrics.json ({metric: {model: {benchmark: value}}}, with
+            `<metric>_low`/`_high`, `n_questions` and `k`).
+        rl, distilled: labels in `metrics` (params `evaluate.distill_vs_rl`).
+        start: label of the shared starting weights, shown for reference (None: left out).
+        metric: the accuracy compared.
+    Returns:
+        The markdown; a "not run" line instead when a label has no results (smoke runs).
+    """
+    wanted = [m for m in (start, rl, distilled) if m]
+    missing = [m for m in wanted if m not in metrics.get(metric, {})]
+    title = f"## Distillation vs RL from the same starting weights ({metric}, %)"
+    if missing:
+        return (f"{title}\n\nNot run: no evaluate results for {', '.join(missing)} "
+                "(add them to evaluate.models, or run the stage that makes them).\n")
+    benchmarks = list(metrics[metric][rl])
+    shown = [m for m in (start, rl, distilled) if m]
+    lines = [title, "", f"RL route: `{rl}`; distilled: `{distilled}`"
+             + (f"; both from `{start}`." if start else "."), "",
+             "| benchmark | n | k | " + " | ".join(shown) + " | higher | intervals |",
+             "|---|---|---|" + "---|" * (len(shown) + 2)]
+    wins = {rl: 0, distilled: 0, "tie": 0, "n/a": 0}
+    separated = []
+    for b in benchmarks:
+        higher, overlap = _compare(metrics, metric, distilled, rl, b)
+        wins[higher] += 1
+        if not overlap:
+            separated.append(b)
+        n, k = (metrics.get(key, {}).get(rl, {}).get(b) for key in ("n_questions", "k"))
+        cells = [_interval_text(metrics, metric, m, b) for m in shown]
+        lines.append(f"| {b} | {n or 0:.0f} | {k or 0:.0f} | " + " | ".join(cells)
+                     + f" | {higher} | {'overlap' if overlap else 'separate'} |")
+    verdict = (f"Verdict: {distilled} higher on {wins[distilled]} of {len(benchmarks)} benchmarks, "
+               f"{rl} on {wins[rl]}, tied on {wins['tie']}; ")
+    verdict += (f"intervals separate on {', '.join(separated)}." if separated else
+                "intervals overlap on every benchmark, so no difference is established at these sizes.")
+    return "\n".join([*lines, "", verdict]) + "\n"

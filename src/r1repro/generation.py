@@ -513,6 +513,9 @@ def load_generator(backend: str, model: str | tuple[PreTrainedModel, PreTrainedT
 def generator_for(common: CommonParams, model: Any, **backend_kwargs: Any) -> Generator:
     """`load_generator` with the backend, dtype, device and batch size of params.yaml's `common`.
 
+    The weights are loaded in `common.inference_dtype` (falling back to `common.dtype`): a model
+    loaded only to generate may use a cheaper dtype than the one training needs.
+
     Args:
         common: the validated `common` section.
         model: hub id, local folder, or (transformers only) a loaded (model, tokenizer) pair.
@@ -521,6 +524,6 @@ def generator_for(common: CommonParams, model: Any, **backend_kwargs: Any) -> Ge
     Returns:
         The generator.
     """
-    return load_generator(common.backend, model, dtype=common.dtype, device=common.device,
-                          batch_size=common.generation_batch_size,
+    return load_generator(common.backend, model, dtype=common.inference_dtype or common.dtype,
+                          device=common.device, batch_size=common.generation_batch_size,
                           trust_remote_code=common.trust_remote_code, **backend_kwargs)

@@ -28,9 +28,12 @@ def atomic_write_text(path: Path | str, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None:  # e.g. a full disk: say which file
+            raise type(err)(err.errno, f"{err.strerror or err} (the previous file is unchanged; free "
+                            "space or fix permissions, then rerun)", str(path)) from err
         raise
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from r1repro.config import ConfigError, ModelImportParams, load_params, repo_root
 from r1repro.io import staged_dir
+from r1repro.modeling import check_source, hub_error
 
 
 def gguf_path(package: str, filename: str) -> Path:
@@ -55,8 +56,14 @@ def import_model(params: ModelImportParams, root: Path, trust_remote_code: bool 
         gguf = gguf_path(params.gguf_package, params.gguf_file)
         load_from, extra = str(gguf.parent), {"gguf_file": gguf.name}
     else:
-        load_from, extra = params.pretrained, {}
-    tokenizer = AutoTokenizer.from_pretrained(load_from, trust_remote_code=trust_remote_code, **extra)
+        try:
+            load_from, extra = check_source(params.pretrained), {}
+        except ConfigError as err:
+            raise ConfigError(f"model.pretrained: {err}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(load_from, trust_remote_code=trust_remote_code, **extra)
+    except OSError as err:  # offline, or no such hub id: say which key and how to fix it
+        raise ConfigError(f"model.pretrained: {hub_error(params.pretrained, err)}") from err
     model = AutoModelForCausalLM.from_pretrained(
         load_from, trust_remote_code=trust_remote_code, dtype="float32", **extra
     )

@@ -109,8 +109,8 @@ def check_source(name_or_path: str) -> str:
     return str(folder)
 
 
-def _hub_error(name: str, err: OSError) -> ConfigError:
-    """Rewrap transformers' OSError for a hub id that could not be fetched."""
+def hub_error(name: str, err: OSError) -> ConfigError:
+    """Rewrap transformers' OSError for a hub id that could not be fetched (names the id and the fix)."""
     from huggingface_hub import constants
 
     first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -169,7 +169,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as err:
-        raise _hub_error(name_or_path, err) from err
+        raise hub_error(name_or_path, err) from err
     tokenizer.padding_side = "left"
     return ensure_pad_token(tokenizer)
 
@@ -203,7 +203,7 @@ def load_model(name_or_path: str, dtype: str = "float32", device: str = "auto",
             source, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
         )
     except OSError as err:
-        raise _hub_error(name_or_path, err) from err
+        raise hub_error(name_or_path, err) from err
     except ValueError as err:
         # A config.json that transformers cannot map to a model class (no model_type, or a custom
         # architecture needing trust_remote_code) surfaces as ValueError.

@@ -825,6 +825,13 @@ def curves_frame(results: Sequence[RunResult]) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def heldout_frame(results: Sequence[RunResult]) -> pd.DataFrame:
+    """Held-out accuracy over steps (rows of steps 0, eval_steps, 2 x eval_steps, ...), column `run`."""
+    rows = [{"run": r.run, "step": d["step"], "heldout_accuracy": d["heldout_accuracy"]}
+            for r in results for d in r.diagnostics if d.get("heldout_accuracy") is not None]
+    return pd.DataFrame(rows, columns=["run", "step", "heldout_accuracy"])
+
+
 def late_means(frame: pd.DataFrame, share: float = 0.5) -> pd.DataFrame:
     """Each run's diagnostics averaged over its last `share` of steps (one row per run).
 

@@ -1,0 +1,55 @@
+"""Helpers for tests that run pipeline stages: a scratch copy of the checkout, never the real one.
+
+A copy holds the tracked and new files (no results, no dvc.lock, no models), data/, a one-commit git
+history (dvclive reads the current commit) and params.yaml with the smoke profile merged in, so
+`dvc repro` there touches nothing of the working tree the tests were started from.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from r1repro.config import deep_merge, validate
+
+
+def run(args: list[str], cwd: Path, timeout: int = 1800, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with this interpreter's tools first on PATH; fail the test with its output."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check:
+        assert result.returncode == 0, (f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n"
+                                        f"{result.stderr[-4000:]}")
+    return result
+
+
+def make_copy(dest: Path, repo_root: Path, data_dir: Path, overrides: dict | None = None) -> Path:
+    """Copy the checkout to `dest` on smoke params (plus `overrides`, merged key by key); return it."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo_root,
+                            capture_output=True, text=True, check=True).stdout.split("\n")
+    for rel in filter(None, listed):
+        if rel.startswith("results/") or rel == "dvc.lock" or not (repo_root / rel).is_file():
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo_root / rel, dest / rel)
+    shutil.copytree(data_dir, dest / "data")
+    run(["git", "init", "-q"], dest)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q",
+         "--allow-empty", "-m", "test copy"], dest)
+    run([sys.executable, "-m", "r1repro.config", "apply", "profiles/smoke.yaml"], dest)
+    if overrides:
+        set_params(dest, overrides)
+    return dest
+
+
+def set_params(root: Path, overrides: dict) -> None:
+    """Merge `overrides` into root/params.yaml (validated first)."""
+    path = root / "params.yaml"
+    merged = deep_merge(yaml.safe_load(path.read_text()), overrides)
+    validate(merged)
+    path.write_text(yaml.safe_dump(merged, sort_keys=False))

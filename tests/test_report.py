@@ -1,0 +1,222 @@
+"""results/REPORT.md (r1repro.report): built from the committed results of a real run, and from a
+smoke-like set where stages are missing. Every expected number is read from the input files."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from r1repro import report
+from r1repro.io import atomic_write_json
+from r1repro.stage import NOTEBOOKS, RESULT_FOLDERS
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+needs_results = pytest.mark.skipif(not (RESULTS / "eval" / "metrics.json").is_file(),
+                                   reason="no committed results/eval in this checkout")
+
+
+def copy_results(tmp_path: Path) -> Path:
+    """The committed stage folders, copied (results/dev and results/failed are not a run's results)."""
+    dest = tmp_path / "results"
+    for folder in RESULT_FOLDERS.values():
+        if (RESULTS / folder).is_dir():
+            shutil.copytree(RESULTS / folder, dest / folder)
+    return dest
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def table_row(text: str, first_cell: str) -> list[str]:
+    """The cells of the markdown table row whose first cell is `first_cell`."""
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no table row {first_cell!r}")
+
+
+def section(text: str, title: str) -> str:
+    """The body of the `## title` section."""
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
+    assert match, f"no section {title!r}"
+    return match.group(1)
+
+
+def links(text: str) -> list[str]:
+    return LINK.findall(text)
+
+
+def p1(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+@needs_results
+def test_headline_table_has_every_model_and_benchmark_from_eval_metrics(tmp_path):
+    results = copy_results(tmp_path)
+    text = report.write_report(results).read_text()
+    m = load(results / "eval" / "metrics.json")
+    body = section(text, "Evaluation: pass@1 by model and benchmark")
+    header = table_row(body, "model")[1:]
+    benches = [h.split(" (n=")[0] for h in header]
+    assert sorted(benches) == sorted(next(iter(m["mean@k"].values())))
+    for h, b in zip(header, benches):
+        assert h == f"{b} (n={max(int(v[b]) for v in m['n_questions'].values())})"
+    for model, per_bench in m["mean@k"].items():
+        cells = table_row(body, model)[1:]
+        for cell, b in zip(cells, benches):
+            expected = (f"{p1(per_bench[b])}% [{p1(m['mean@k_low'][model][b])}, {p1(m['mean@k_high'][model][b])}]"
+                        f"; cons {p1(m['cons@k'][model][b])}%")
+            assert cell == expected, (model, b)
+    k = next(iter(next(iter(m["k"].values())).values()))
+    assert f"k={k:.0f} samples" in body
+
+
+@needs_results
+def test_a_changed_metric_changes_the_report(tmp_path):
+    results = copy_results(tmp_path)
+    path = results / "eval" / "metrics.json"
+    m = load(path)
+    model = next(iter(m["mean@k"]))
+    bench = next(iter(m["mean@k"][model]))
+    m["mean@k"][model][bench] = 0.4321
+    atomic_write_json(path, m)
+    text = report.build_report(results)
+    column = 1 + report.benchmark_order(m["n_questions"]).index(bench)
+    assert table_row(text, model)[column].startswith("43.2% [")
+
+
+@needs_results
+def test_rl_section_states_each_run_from_rl_metrics(tmp_path):
+    results = copy_results(tmp_path)
+    text = report.build_report(results)
+    m = load(results / "rl" / "metrics.json")
+    body = section(text, "GRPO vs Dr. GRPO")
+    assert report.NOT_RUN not in body
+    start = m["start"]
+    for run, r in m["runs"].items():
+        row = table_row(body, run)
+        assert row[1:4] == [f"`{r['loss_type']}`", f"`{r['scale_rewards']}`", str(r["steps"])]
+        h = r["heldout"]
+        assert row[4] == f"{p1(start['accuracy'])}% [{p1(start['accuracy_low'])}, {p1(start['accuracy_high'])}]"
+        assert row[5] == f"{p1(h['accuracy'])}% [{p1(h['accuracy_low'])}, {p1(h['accuracy_high'])}]"
+        assert row[7] == f"{r['late_training']['mean_length_incorrect']:.1f}"
+        assert row[8] == f"{p1(r['late_training']['zero_std_share'])}%"
+        assert f"{run} {r['late_training']['mean_length_incorrect']:.1f} tokens" in body
+
+
+@needs_results
+def test_distill_section_and_links_and_versions(tmp_path):
+    results = copy_results(tmp_path)
+    dest = report.write_report(results)
+    text = dest.read_text()
+    d = load(results / "distill" / "metrics.json")
+    body = section(text, "Distillation")
+    assert f"{d['traces']['kept']} of {d['traces']['sampled']} samples kept" in body
+    for label, s in d["students"].items():
+        row = table_row(body, label)
+        assert row[5].startswith(f"{p1(s['after']['accuracy'])}% [")
+    # Every link resolves, and every plot and executed notebook is linked.
+    targets = {(dest.parent / t).resolve() for t in links(text)}
+    assert targets and all(t.is_file() for t in targets), [t for t in targets if not t.is_file()]
+    for png in results.glob("*/plots/*.png"):
+        assert png.resolve() in targets, png
+    for stage, folder in RESULT_FOLDERS.items():
+        notebook = results / folder / NOTEBOOKS[stage]
+        if notebook.is_file():
+            assert notebook.resolve() in targets and notebook.with_suffix(".html").resolve() in targets
+    for folder in RESULT_FOLDERS.values():
+        for lib, version in load(results / folder / "protocol.json")["libraries"].items():
+            assert re.search(rf"^\| {re.escape(lib)} \|.*\b{re.escape(version)}\b", text, flags=re.M), lib
+    assert '{"' not in text and "{'" not in text  # tables, not JSON dumps
+
+
+@needs_results
+def test_distill_vs_rl_file_is_included_when_present(tmp_path):
+    results = copy_results(tmp_path)
+    assert report.NOT_RUN in section(report.build_report(results), "Distill vs RL")
+    (results / "eval" / report.DISTILL_VS_RL).write_text(
+        "# Distillation vs RL\n\n| benchmark | x |\n|---|---|\n| asdiv | 12.5 |\n\n"
+        "## Per benchmark\n\n### Detail\n\nVerdict: tie.\n")
+    body = section(report.build_report(results), "Distill vs RL")
+    assert report.NOT_RUN not in body
+    assert "| asdiv | 12.5 |" in body and "Verdict: tie." in body
+    # Its title gives way to the section's; its headings nest under it.
+    assert "Distillation vs RL" not in body
+    assert "\n### Per benchmark\n" in body and "\n#### Detail\n" in body
+
+
+def smoke_results(root: Path) -> Path:
+    """A smoke-like run: evaluation of one model, distillation with no student, no probe, SFT or RL."""
+    results = root / "results"
+    ev = {"mean@k": {"base": {"asdiv_heldout": 0.25}}, "mean@k_low": {"base": {"asdiv_heldout": 0.0}},
+          "mean@k_high": {"base": {"asdiv_heldout": 0.5}}, "cons@k": {"base": {"asdiv_heldout": 0.5}},
+          "n_questions": {"base": {"asdiv_heldout": 2.0}}, "k": {"base": {"asdiv_heldout": 2.0}},
+          "headline": {}}
+    atomic_write_json(results / "eval" / "metrics.json", ev)
+    atomic_write_json(results / "distill" / "metrics.json",
+                      {"traces": {"sampled": 16, "kept": 0, "acceptance_rate": 0.0}, "students": {},
+                       "headline": {}})
+    (results / "eval" / "plots").mkdir(parents=True)
+    (results / "eval" / "plots" / "mean_at_k.png").write_bytes(b"png")
+    return results
+
+
+def test_smoke_like_results_say_not_run(tmp_path):
+    results = smoke_results(tmp_path)
+    dest = report.write_report(results)
+    text = dest.read_text()
+    assert table_row(text, "base")[1] == "25.0% [0.0, 50.0]; cons 50.0%"
+    assert "asdiv_heldout (n=2)" in text
+    for title in ("GRPO vs Dr. GRPO", "Distill vs RL", "How it was made"):
+        assert report.NOT_RUN in section(text, title), title
+    distill = section(text, "Distillation")
+    assert "0 of 16 samples kept" in distill and "Students: _not run_" in distill
+    probe_sft = section(text, "Probe and cold start")
+    assert probe_sft.count(report.NOT_RUN) == 2
+    files = section(text, "Plots and executed notebooks")
+    assert table_row(files, report.STAGE_TITLES["rl"])[1:] == [report.NOT_RUN, report.NOT_RUN]
+    assert all((dest.parent / t).is_file() for t in links(text))
+
+
+def test_staging_folder_is_read_there_and_linked_where_it_lands(tmp_path):
+    results = smoke_results(tmp_path)
+    staging = results / ".eval.k2x_9q.tmp"
+    shutil.copytree(results / "eval", staging)
+    shutil.rmtree(results / "eval")
+    (staging / NOTEBOOKS["evaluate"]).write_text("{}")
+    (staging / "metrics.json").write_text((staging / "metrics.json").read_text().replace("0.25", "0.75"))
+    text = report.write_report(results, eval_dir=staging).read_text()
+    assert table_row(text, "base")[1].startswith("75.0% [")
+    assert "eval/plots/mean_at_k.png" in links(text)
+    assert f"eval/{NOTEBOOKS['evaluate']}" in links(text)
+    assert not any(".tmp" in t for t in links(text))
+    assert report.final_location(staging) == results / "eval"
+    assert report.final_location(results / "dev" / "evaluate") == results / "dev" / "evaluate"
+
+
+def test_a_failed_build_keeps_the_previous_report(tmp_path):
+    results = smoke_results(tmp_path)
+    dest = report.write_report(results)
+    before = dest.read_text()
+    (results / "eval" / "metrics.json").write_text('{"mean@k": ')  # a half-written file
+    with pytest.raises(json.JSONDecodeError):
+        report.write_report(results)
+    assert dest.read_text() == before
+    assert sorted(p.name for p in results.iterdir() if p.is_file()) == [report.REPORT_NAME]
+
+
+def test_dev_run_writes_beside_the_dev_folders(tmp_path):
+    results = smoke_results(tmp_path)
+    dev = results / "dev"
+    shutil.copytree(results / "eval", dev / "evaluate")
+    dest = report.write_report(dev, eval_dir=dev / "evaluate")
+    assert dest == dev / report.REPORT_NAME
+    assert "evaluate/plots/mean_at_k.png" in links(dest.read_text())
