@@ -38,7 +38,8 @@ def table_row(text: str, first_cell: str) -> list[str]:
     """The cells of the markdown table row whose first cell is `first_cell`."""
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] == first_cell:
+        # A label may carry a note after it, e.g. "qwen2_scratch_not_pretrained (random init, ...)".
+        if line.startswith("|") and (cells[0] == first_cell or cells[0].startswith(f"{first_cell} (")):
             return cells
     raise AssertionError(f"no table row {first_cell!r}")
 
@@ -141,6 +142,7 @@ def test_distill_section_and_links_and_versions(tmp_path):
 @needs_results
 def test_distill_vs_rl_file_is_included_when_present(tmp_path):
     results = copy_results(tmp_path)
+    (results / "eval" / report.DISTILL_VS_RL).unlink(missing_ok=True)  # a run from before the table
     assert report.NOT_RUN in section(report.build_report(results), "Distill vs RL")
     (results / "eval" / report.DISTILL_VS_RL).write_text(
         "# Distillation vs RL\n\n| benchmark | x |\n|---|---|\n| asdiv | 12.5 |\n\n"
