@@ -178,3 +178,17 @@ def test_default_is_no_remote_code():
 
     for fn in (modeling.load_model, modeling.load_tokenizer):
         assert inspect.signature(fn).parameters["trust_remote_code"].default is False
+
+
+def test_end_of_turn_id_is_the_single_token_generation_stops_on(base_model_dir) -> None:
+    from types import SimpleNamespace
+
+    from r1repro.modeling import end_of_turn_id, load_tokenizer
+
+    tokenizer = load_tokenizer(str(base_model_dir))
+    assert end_of_turn_id("r1_chat", tokenizer) == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert end_of_turn_id("r1", tokenizer) == tokenizer.eos_token_id
+    # A marker the tokenizer splits into several tokens could never stop generation.
+    split = SimpleNamespace(eos_token="<|im_end|>", encode=lambda text, add_special_tokens: [7, 8])
+    with pytest.raises(ConfigError, match="is not one token"):
+        end_of_turn_id("r1", split)

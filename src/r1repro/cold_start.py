@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from r1repro import grading, rewards, templates
+from r1repro.config import CommonParams
 from r1repro.data import DataError, load_jsonl
 
 # ---------------------------------------------------------------------------------------------------
@@ -550,6 +551,11 @@ class RejectionFilter:
     timeout_s: float = 5.0
     workers: int = 1
 
+    @classmethod
+    def from_params(cls, min_language: float, common: CommonParams) -> RejectionFilter:
+        """The rule of a stage's `min_language`, graded with `common`'s time bound and workers."""
+        return cls(min_language=min_language, timeout_s=common.grading_timeout_s, workers=common.grading_workers)
+
 
 def _screen(full: str, finish: str, rule: RejectionFilter, stats: RejectionStats) -> bool:
     """The cheap filters, in order: complete, well formed, one language."""
@@ -757,8 +763,7 @@ def build_from_params(rows: Sequence[dict], cfg: Any, common: Any, tokenizer: An
     demos, _ = build_worked_examples(rows, count=cfg.few_shot, seed=common.seed)
     teacher_tokenizer = modeling.load_tokenizer(cfg.teacher, trust_remote_code=common.trust_remote_code)
     s = cfg.teacher_sampling
-    rule = RejectionFilter(min_language=cfg.min_language, timeout_s=common.grading_timeout_s,
-                           workers=common.grading_workers)
+    rule = RejectionFilter.from_params(cfg.min_language, common)
     examples, stats = rejection_sample(
         generation.generator_for(common, cfg.teacher), rows, cfg.template, teacher_tokenizer,
         demos=demos, n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,

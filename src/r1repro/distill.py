@@ -26,7 +26,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any, Sequence
 
-from r1repro import cold_start, modeling, templates
+from r1repro import cold_start, modeling
 from r1repro.config import CommonParams, DistillParams, ScratchModelConfig, StudentSpec
 from r1repro.io import atomic_write_json, staged_dir
 from r1repro.sft import SftResult, TrainSettings, train_sft
@@ -65,8 +65,7 @@ def sample_traces(generator: Any, tokenizer: Any, rows: Sequence[dict], cfg: Dis
         (kept traces, counts of where the samples went).
     """
     s = cfg.sampling
-    rule = cold_start.RejectionFilter(min_language=cfg.min_language, timeout_s=common.grading_timeout_s,
-                                      workers=common.grading_workers)
+    rule = cold_start.RejectionFilter.from_params(cfg.min_language, common)
     return cold_start.rejection_sample(generator, rows, cfg.template, tokenizer, n=s.n,
                                        temperature=s.temperature, top_p=s.top_p,
                                        max_tokens=s.max_new_tokens, seed=common.seed,
@@ -115,7 +114,7 @@ def train_student(label: str, student: str, examples: Sequence[cold_start.ColdSt
     dataset = cold_start.to_sft_dataset(examples, cfg.template, tokenizer)
     settings = TrainSettings(epochs=cfg.epochs, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
                              max_length=cfg.max_length, lora=cfg.lora, seed=common.seed,
-                             bf16=common.dtype == "bfloat16" and modeling.resolve_device(common.device) != "cpu")
+                             bf16=TrainSettings.mixed_precision(common))
     return train_sft(dataset, student, Path(cfg.output_dir) / label, settings, live_dir=live_dir,
                      device=common.device, trust_remote_code=common.trust_remote_code)
 
@@ -143,11 +142,7 @@ def build_scratch_student(spec: StudentSpec, output_dir: Path | str, template: s
     config = SCRATCH_BUILDERS[spec.architecture](spec.config or ScratchModelConfig(), tokenizer)
     transformers.set_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config)
-    marker_ids = tokenizer.encode(templates.end_of_turn(template, tokenizer), add_special_tokens=False)
-    if len(marker_ids) != 1:
-        raise ValueError(f"template {template!r}: the end-of-turn marker of tokenizer {spec.tokenizer!r} "
-                         "is not one token, so generation could not stop on it")
-    stops = list(dict.fromkeys([tokenizer.eos_token_id, marker_ids[0]]))
+    stops = list(dict.fromkeys([tokenizer.eos_token_id, modeling.end_of_turn_id(template, tokenizer)]))
     model.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
     with staged_dir(output_dir) as tmp:
         model.save_pretrained(tmp)

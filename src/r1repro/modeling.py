@@ -109,6 +109,22 @@ def check_source(name_or_path: str) -> str:
     return str(folder)
 
 
+def end_of_turn_id(template: str, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token id of `template`'s end-of-turn marker, where generation must stop.
+
+    Raises:
+        ConfigError: the marker is not a single token of this tokenizer, so nothing could stop on it.
+    """
+    from r1repro.templates import end_of_turn
+
+    marker = end_of_turn(template, tokenizer)
+    ids = tokenizer.encode(marker, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ConfigError(f"template {template!r}: end-of-turn marker {marker!r} is not one token "
+                          f"of this tokenizer, so generation cannot stop on it")
+    return ids[0]
+
+
 def hub_error(name: str, err: OSError) -> ConfigError:
     """Rewrap transformers' OSError for a hub id that could not be fetched (names the id and the fix)."""
     from huggingface_hub import constants

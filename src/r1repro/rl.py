@@ -59,9 +59,9 @@ from r1repro import grading
 from r1repro.config import CommonParams, ConfigError, RlParams, SamplingParams
 from r1repro.data import load_subset
 from r1repro.io import atomic_write_json, staged_dir, write_jsonl
-from r1repro.modeling import load_model, load_tokenizer, resolve_device
+from r1repro.modeling import end_of_turn_id, load_model, load_tokenizer, resolve_device
 from r1repro.rewards import reward_functions
-from r1repro.templates import end_of_turn, prefill, render_prompt
+from r1repro.templates import prefill, render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -651,14 +651,10 @@ def stop_on_end_of_turn(model: Any, tokenizer: Any, template: str) -> list[int]:
     tokenizer's eos. A chat model whose end-of-turn marker differs from its eos (Qwen2.5-Math:
     <|im_end|> vs <|endoftext|>) would otherwise run on past the end of its answer.
     """
-    marker = end_of_turn(template, tokenizer)
-    marker_ids = tokenizer.encode(marker, add_special_tokens=False)
-    if len(marker_ids) != 1:
-        raise ConfigError(f"template {template!r}: end-of-turn marker {marker!r} is not one token "
-                          f"of this tokenizer, so generation cannot stop on it")
+    marker_id = end_of_turn_id(template, tokenizer)
     configured = model.generation_config.eos_token_id
     ids = configured if isinstance(configured, list) else [configured]
-    ids = [i for i in dict.fromkeys([*ids, tokenizer.eos_token_id, marker_ids[0]]) if i is not None]
+    ids = [i for i in dict.fromkeys([*ids, tokenizer.eos_token_id, marker_id]) if i is not None]
     model.generation_config.eos_token_id = ids
     return ids
 

@@ -215,16 +215,18 @@ class TrainSettings:
     bf16: bool = False
     gradient_checkpointing: bool = False
 
+    @staticmethod
+    def mixed_precision(common: CommonParams) -> bool:
+        """`common.dtype: bfloat16` means bf16 mixed precision on a GPU; on CPU training is float32."""
+        return common.dtype == "bfloat16" and resolve_device(common.device) != "cpu"
+
     @classmethod
     def from_params(cls, cfg: SftParams, common: CommonParams) -> TrainSettings:
-        """The settings of params.yaml's `sft` section, with the seed and precision from `common`.
-
-        `common.dtype: bfloat16` means bf16 mixed precision on a GPU; on CPU training is float32.
-        """
+        """The settings of params.yaml's `sft` section, with the seed and precision from `common`."""
         return cls(epochs=cfg.epochs, learning_rate=cfg.learning_rate, lr_scheduler=cfg.lr_scheduler,
                    warmup_ratio=cfg.warmup_ratio, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                    max_length=cfg.max_length, lora=cfg.lora, seed=common.seed, save_steps=cfg.save_steps,
-                   bf16=common.dtype == "bfloat16" and resolve_device(common.device) != "cpu",
+                   bf16=cls.mixed_precision(common),
                    gradient_checkpointing=cfg.gradient_checkpointing)
 
     def identity(self) -> dict[str, Any]:
