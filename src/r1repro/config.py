@@ -89,6 +89,20 @@ class CommonParams(Section):
     grading_workers: int = Field(2, ge=1, description="processes that grade in parallel")
     generation_batch_size: int = Field(64, ge=1, description="sequences (prompts x samples) per batch, transformers backend")
     data_dir: str = "data"
+    num_processes: int = Field(
+        1, ge=1, description="training processes, one per GPU; > 1 runs SFT, RL and distill training "
+        "under `accelerate launch` (r1repro.distributed). Batch sizes stay per step over all processes")
+    accelerate_config: str = Field(
+        "configs/accelerate/ddp.yaml", description="accelerate config used when num_processes > 1: "
+        "configs/accelerate/ddp.yaml (DDP), zero2.yaml or zero3.yaml (DeepSpeed ZeRO)")
+
+    @field_validator("accelerate_config")
+    @classmethod
+    def _yaml_file(cls, value: str) -> str:
+        if not value.endswith((".yaml", ".yml")):
+            raise ValueError(f"expected an accelerate config file (.yaml), e.g. configs/accelerate/ddp.yaml; "
+                             f"got {value!r}")
+        return value
 
 
 class ModelImportParams(Section):
@@ -377,6 +391,25 @@ class Params(Section):
     distill: DistillParams = DistillParams()
     evaluate: EvaluateParams
 
+    @model_validator(mode="after")
+    def _split_over_processes(self) -> "Params":
+        """Per-step counts must split evenly over `common.num_processes` (see r1repro.distributed)."""
+        n = self.common.num_processes
+        rl = self.rl
+        per_step = rl.prompts_per_step * rl.num_generations
+        problems = [f"{key} ({value}) must be a multiple of common.num_processes ({n})"
+                    for key, value in (("sft.batch_size", self.sft.batch_size),
+                                       ("distill.batch_size", self.distill.batch_size),
+                                       ("rl.prompts_per_step x rl.num_generations", per_step))
+                    if value % n]
+        if not problems and rl.micro_batch_size and (per_step // n) % rl.micro_batch_size:
+            problems.append(f"rl.micro_batch_size ({rl.micro_batch_size}) must divide each process's "
+                            f"share of a step, rl.prompts_per_step x rl.num_generations / "
+                            f"common.num_processes ({per_step // n})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
 
 # ---------------------------------------------------------------------------------------------------
 # Loading
@@ -408,9 +441,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid parameters"]
     for item in err.errors():
-        key = ".".join(str(part) for part in item["loc"])
+        key = ".".join(str(part) for part in item["loc"]) or "params"  # no loc: a cross-section check
         if item["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (misspelled? see the schema in src/r1repro/config.py)")
+        elif isinstance(item.get("input"), dict):  # a whole section: the message names the keys
+            lines.append(f"  {key}: {item['msg']}")
         else:
             lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)
