@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 from r1repro import cold_start, modeling
 from r1repro.config import CommonParams, DistillParams, ScratchModelConfig, StudentSpec
+from r1repro.distributed import Launch
 from r1repro.io import atomic_write_json, staged_dir
 from r1repro.sft import SftResult, TrainSettings, train_sft
 
@@ -116,7 +117,8 @@ def train_student(label: str, student: str, examples: Sequence[cold_start.ColdSt
                              max_length=cfg.max_length, lora=cfg.lora, seed=common.seed,
                              bf16=TrainSettings.mixed_precision(common))
     return train_sft(dataset, student, Path(cfg.output_dir) / label, settings, live_dir=live_dir,
-                     device=common.device, trust_remote_code=common.trust_remote_code)
+                     device=common.device, trust_remote_code=common.trust_remote_code,
+                     launch=Launch.from_common(common))  # several processes when common.num_processes > 1
 
 
 def build_scratch_student(spec: StudentSpec, output_dir: Path | str, template: str, seed: int,

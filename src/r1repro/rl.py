@@ -25,6 +25,10 @@ One run's folder, `<rl.output_dir>/<run>/`:
     dvclive/                    the same per-step metrics through dvclive (plots/metrics/*.tsv)
     run_config.json             what the checkpoints were trained with; another config starts afresh
 
+Several processes (`common.num_processes` > 1): each run trains under `accelerate launch`
+(`r1repro.distributed`); a step's prompts_per_step x num_generations completions are split evenly over
+the processes, the diagnostics gather every process's completions, and the main process writes them.
+
 Notes on what TRL logs here (and so what the diagnostics hold):
 * Each batch of completions is used for exactly one optimiser step (TRL's num_iterations=1), so the
   sampling policy equals the trained one, the importance ratio is exactly 1 and the clip ratio is 0
@@ -58,6 +62,7 @@ from trl import GRPOConfig, GRPOTrainer
 from r1repro import grading
 from r1repro.config import CommonParams, ConfigError, RlParams, SamplingParams
 from r1repro.data import load_subset
+from r1repro.distributed import Launch, launched_result, per_process
 from r1repro.io import atomic_write_json, staged_dir, write_jsonl
 from r1repro.modeling import end_of_turn_id, load_model, load_tokenizer, resolve_device
 from r1repro.rewards import reward_functions
@@ -101,7 +106,8 @@ def monitored_weights(weights: Mapping[str, float]) -> dict[str, float]:
 
 
 def grpo_config(cfg: RlParams, run: str, *, output_dir: Path | str, seed: int, use_vllm: bool = False,
-                use_cpu: bool = False, bf16: bool = False, keep_checkpoints: int = 1) -> GRPOConfig:
+                use_cpu: bool = False, bf16: bool = False, keep_checkpoints: int = 1,
+                num_processes: int | None = None) -> GRPOConfig:
     """TRL's `GRPOConfig` for one run of stage 3.
 
     Args:
@@ -113,18 +119,23 @@ def grpo_config(cfg: RlParams, run: str, *, output_dir: Path | str, seed: int, u
         use_cpu: train on the CPU.
         bf16: bfloat16 mixed precision (common.dtype == "bfloat16").
         keep_checkpoints: newest checkpoints kept (older ones are deleted after a newer one is complete).
+        num_processes: processes sharing each step (default: this launch's world size, 1 in place).
 
     Returns:
         The config; its reward_weights follow `monitored_weights(cfg.reward_weights)`.
 
     Raises:
-        ConfigError: `run` is not in rl.runs.
+        ConfigError: `run` is not in rl.runs, or a step does not split evenly over the processes.
     """
     if run not in cfg.runs:
         raise ConfigError(f"rl.runs has no run {run!r}; runs: {', '.join(cfg.runs)}")
     algorithm = cfg.runs[run]
-    per_step = cfg.prompts_per_step * cfg.num_generations
+    # A step is prompts_per_step x num_generations completions in all; each process takes an equal share.
+    per_step = per_process(cfg.prompts_per_step * cfg.num_generations,
+                           "rl.prompts_per_step x rl.num_generations", num_processes)
     micro = cfg.micro_batch_size or per_step
+    if per_step % micro:
+        raise ConfigError(f"rl.micro_batch_size ({micro}) must divide each process's {per_step} completions")
     return GRPOConfig(
         output_dir=str(output_dir),
         # Dr. GRPO modification 1 (Liu et al., 2025, Sec. 3.1): "dr_grpo" sums token losses over the
@@ -138,8 +149,8 @@ def grpo_config(cfg: RlParams, run: str, *, output_dir: Path | str, seed: int, u
         reward_weights=list(monitored_weights(cfg.reward_weights).values()),
         beta=cfg.beta, epsilon=cfg.epsilon, num_generations=cfg.num_generations,
         # One optimiser step = prompts_per_step prompts x num_generations completions, generated at
-        # once and fed through forward/backward in micro-batches (TRL's steps_per_generation follows
-        # gradient_accumulation_steps, so one generation per step).
+        # once and fed through forward/backward in micro-batches on each process (TRL's
+        # steps_per_generation follows gradient_accumulation_steps, so one generation per step).
         per_device_train_batch_size=micro, gradient_accumulation_steps=per_step // micro,
         num_iterations=1,  # one update per batch: on-policy, so the clip ratio stays 0 (see module doc)
         max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, top_p=1.0,
@@ -152,6 +163,7 @@ def grpo_config(cfg: RlParams, run: str, *, output_dir: Path | str, seed: int, u
         use_vllm=use_vllm, vllm_mode="colocate", use_cpu=use_cpu, bf16=bf16,
         activation_checkpointing=cfg.gradient_checkpointing, disable_dropout=True,
         report_to="none", push_to_hub=False, log_completions=False,  # diagnostics go through dvclive
+        ddp_find_unused_parameters=False,  # several processes: every weight is used; skip DDP's search
     )
 
 
@@ -231,6 +243,15 @@ class Rollouts:
     lengths: list[int]
     truncated: list[bool]
     rewards: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def joined(cls, parts: Sequence[Rollouts]) -> Rollouts:
+        """The processes' shares of one step, in rank order: the step's whole batch, groups contiguous."""
+        return cls(question_ids=[q for p in parts for q in p.question_ids],
+                   completions=[c for p in parts for c in p.completions],
+                   lengths=[n for p in parts for n in p.lengths],
+                   truncated=[t for p in parts for t in p.truncated],
+                   rewards={name: [r for p in parts for r in p.rewards[name]] for name in parts[0].rewards})
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -327,7 +348,8 @@ class Diagnostics(TrainerCallback):
     that step (logging_steps=1) a `step_row` is completed with TRL's own metrics (KL, clip ratio,
     loss, ...) and the step time, appended to diagnostics.jsonl and logged through dvclive. On a
     resumed run, rows after the checkpoint's step are dropped first (they will be recomputed) and
-    the dvclive folder is rebuilt from the rows kept.
+    the dvclive folder is rebuilt from the rows kept. With several processes each scores its share of
+    the completions; the shares are gathered at the log event and only the main process writes.
 
     Args:
         run: the run's name.
@@ -348,6 +370,7 @@ class Diagnostics(TrainerCallback):
         self._pending: Rollouts | None = None
         self._heldout: dict[int, dict] = {}
         self._times = (0.0, 0.0)
+        self.writes = True  # False in launched processes other than the main one
 
     @property
     def path(self) -> Path:
@@ -372,6 +395,8 @@ class Diagnostics(TrainerCallback):
 
     def add_heldout(self, step: int, metrics: Mapping[str, float]) -> None:
         """Held-out metrics for `step`: merged into that step's row, or a row of their own at step 0."""
+        if not self.writes:
+            return
         if step == 0:
             self._emit({"step": 0, **metrics}, [])
         else:
@@ -382,6 +407,9 @@ class Diagnostics(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         from dvclive import Live
 
+        self.writes = state.is_world_process_zero
+        if not self.writes:
+            return
         self.rows = self._keep_through(self.path, state.global_step)
         self._keep_through(self.run_dir / COMPLETIONS_FILE, state.global_step)
         # A fresh dvclive folder replayed from the kept rows: no duplicate points after a resume.
@@ -399,6 +427,12 @@ class Diagnostics(TrainerCallback):
         if self._pending is None:  # the end-of-training summary, not a step
             return
         rollouts, self._pending = self._pending, None
+        if args.world_size > 1:  # every process joins the gather; the main one gets the whole step
+            from accelerate.utils import gather_object
+
+            rollouts = Rollouts.joined(gather_object([rollouts]))
+        if not self.writes:
+            return
         row = step_row(state.global_step, rollouts, self.weights, self.num_generations)
         row |= {ours: (logs or {}).get(theirs) for theirs, ours in TRL_KEYS.items()}
         row |= {"step_time_s": self._times[1] - self._times[0], **self._heldout.pop(state.global_step, {})}
@@ -542,7 +576,8 @@ def is_complete_checkpoint(path: Path | str) -> bool:
 
     `Trainer._save_checkpoint` writes the weights, then optimizer and scheduler, and trainer_state.json
     last, without a staging folder. So a folder counts as complete only if trainer_state.json parses
-    and names the folder's own step, and the weights, optimizer.pt and scheduler.pt are there.
+    and names the folder's own step, and the weights, the optimizer state (optimizer.pt, or DeepSpeed's
+    global_stepN/*optim_states.pt) and scheduler.pt are there.
 
     Args:
         path: a `checkpoint-N` folder.
@@ -558,7 +593,8 @@ def is_complete_checkpoint(path: Path | str) -> bool:
     return (
         state.get("global_step") == checkpoint_step(path)
         and any((path / name).is_file() for name in _WEIGHT_FILES)
-        and (path / "optimizer.pt").is_file() and (path / "scheduler.pt").is_file()
+        and ((path / "optimizer.pt").is_file() or any(path.glob("global_step*/*optim_states.pt")))
+        and (path / "scheduler.pt").is_file()
     )
 
 
@@ -587,13 +623,17 @@ def last_complete_checkpoint(folder: Path | str, discard_incomplete: bool = Fals
 def run_fingerprint(cfg: RlParams, run: str, common: CommonParams) -> dict[str, Any]:
     """What a run's checkpoints depend on: resuming under anything else would mix two experiments.
 
-    Steps, saving and held-out settings are left out: they may change between resumptions.
+    Steps, saving and held-out settings are left out: they may change between resumptions. The
+    process layout counts (data order and checkpoint format depend on it); it is added only when
+    several processes train, so single-process checkpoints made before it existed still resume.
     """
     shared = cfg.model_dump(mode="json", exclude={
         "runs", "max_steps", "save_steps", "heldout", "eval_steps", "eval_sampling", "output_dir",
         "gradient_checkpointing"})
+    layout = {"launch": {"num_processes": common.num_processes,
+                         "accelerate_config": common.accelerate_config}} if common.num_processes > 1 else {}
     return {"run": run, **cfg.runs[run].model_dump(mode="json"), **shared,
-            "seed": common.seed, "dtype": common.dtype}
+            "seed": common.seed, "dtype": common.dtype, **layout}
 
 
 def start_run_dir(run_dir: Path, fingerprint: Mapping[str, Any]) -> None:
@@ -713,6 +753,23 @@ def make_trainer(cfg: RlParams, run: str, common: CommonParams, *,
     return trainer, diagnostics
 
 
+def write_final(trainer: GRPOTrainer, folder: Path, meta: Mapping[str, Any]) -> None:
+    """Write the trained model and `meta` into `folder` (in a launch, every process calls this).
+
+    Raises:
+        FloatingPointError: a weight is NaN or inf (nothing is written).
+    """
+    for name, param in trainer.model.named_parameters():
+        if not param.isfinite().all():
+            raise FloatingPointError(f"parameter {name} holds NaN or inf after training; "
+                                     "the previous final model is kept")
+    # weights, config, generation config, tokenizer; the trainer writes from the main process only
+    # (under ZeRO-3 every process must join the gather of the shards)
+    trainer.save_model(str(folder))
+    if trainer.is_world_process_zero():
+        atomic_write_json(folder / "r1repro_run.json", dict(meta))
+
+
 def save_final(trainer: GRPOTrainer, target: Path, meta: Mapping[str, Any]) -> Path:
     """Save the trained model into a staging folder, then rename it onto `target`.
 
@@ -727,13 +784,8 @@ def save_final(trainer: GRPOTrainer, target: Path, meta: Mapping[str, Any]) -> P
     Returns:
         `target`.
     """
-    for name, param in trainer.model.named_parameters():
-        if not param.isfinite().all():
-            raise FloatingPointError(f"parameter {name} holds NaN or inf after training; "
-                                     f"{target} keeps its previous model")
     with staged_dir(target) as tmp:
-        trainer.save_model(str(tmp))  # weights, config, generation config, tokenizer
-        atomic_write_json(tmp / "r1repro_run.json", dict(meta))
+        write_final(trainer, tmp, meta)
     return target
 
 
@@ -777,28 +829,71 @@ def train_run(cfg: RlParams, run: str, common: CommonParams, *,
     included; raising `cfg.max_steps` continues a finished run. Checkpoints made with other settings
     (see `run_fingerprint`) are discarded. The model lands in `<run>/final` only if training ends.
 
+    With `common.num_processes` > 1 the training runs under `accelerate launch` (see
+    `r1repro.distributed`); this process still picks the checkpoint and replaces `<run>/final`.
+
     Args:
-        cfg, run, common, rows, heldout_rows, callbacks, live_dir: see `make_trainer`.
+        cfg, run, common, rows, heldout_rows, live_dir: see `make_trainer`.
+        callbacks: see `make_trainer` (in-process training only).
 
     Returns:
         A `RunResult`.
+
+    Raises:
+        LaunchError: the launched processes failed (`<run>/final` keeps its previous model).
     """
     run_dir = Path(cfg.output_dir) / run
     start_run_dir(run_dir, run_fingerprint(cfg, run, common))
     resume = last_complete_checkpoint(run_dir / CHECKPOINTS, discard_incomplete=True)
     if resume is not None:
         log.info("rl %s: resuming from %s", run, resume)
-    trainer, diagnostics = make_trainer(cfg, run, common, rows=rows, heldout_rows=heldout_rows,
-                                        callbacks=callbacks, live_dir=live_dir)
+    resumed_from = checkpoint_step(resume) if resume else None
+    launch = Launch.from_common(common)
+    if launch is None:
+        trainer, diagnostics = _train(cfg, run, common, resume, rows=rows, heldout_rows=heldout_rows,
+                                      callbacks=callbacks, live_dir=live_dir)
+        step = trainer.state.global_step
+        final = save_final(trainer, run_dir / FINAL, _final_meta(cfg, run, step))
+        return RunResult(run=run, final_dir=final, diagnostics=list(diagnostics.rows), run_dir=run_dir,
+                         live_dir=diagnostics.live_dir, resumed_from=resumed_from, global_step=step)
+    if callbacks:
+        raise ValueError("callbacks live in this process and cannot reach launched training processes; "
+                         "pass none when common.num_processes > 1")
+    with staged_dir(run_dir / FINAL) as tmp:  # replaced only if every process finished
+        report = launch.run("rl", {
+            "cfg": cfg.model_dump(mode="json"), "run": run, "common": common.model_dump(mode="json"),
+            "rows": rows, "heldout_rows": heldout_rows, "live_dir": str(live_dir) if live_dir else None,
+            "resume": str(resume) if resume else None, "final_dir": str(tmp)})
+    return RunResult(run=run, final_dir=run_dir / FINAL, diagnostics=load_diagnostics(run_dir),
+                     run_dir=run_dir, live_dir=Path(live_dir) if live_dir else run_dir / "dvclive",
+                     resumed_from=resumed_from, global_step=report["global_step"])
+
+
+def _train(cfg: RlParams, run: str, common: CommonParams, resume: Path | str | None,
+           **trainer_args: Any) -> tuple[GRPOTrainer, Diagnostics]:
+    """Make the trainer (`make_trainer` arguments) and train it, from `resume` when given."""
+    trainer, diagnostics = make_trainer(cfg, run, common, **trainer_args)
     with compact_lm_head_scoring(enabled=trainer.args.device.type == "cpu"):
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return trainer, diagnostics
+
+
+def _final_meta(cfg: RlParams, run: str, step: int) -> dict[str, Any]:
+    """What r1repro_run.json beside a final model says: the run, its step and its algorithm."""
+    return {"run": run, "global_step": step, **cfg.runs[run].model_dump(mode="json")}
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """One launched process's part of `train_run` (see `r1repro.distributed`): train, write the model
+    into the staging folder `job["final_dir"]`, and report (rank 0's report is the one kept)."""
+    cfg, common = RlParams.model_validate(job["cfg"]), CommonParams.model_validate(job["common"])
+    trainer, _ = _train(cfg, job["run"], common, job["resume"], rows=job["rows"],
+                        heldout_rows=job["heldout_rows"],
+                        live_dir=Path(job["live_dir"]) if job["live_dir"] else None)
     step = trainer.state.global_step
-    algorithm = cfg.runs[run]
-    final = save_final(trainer, run_dir / FINAL, {"run": run, "global_step": step,
-                                                  **algorithm.model_dump(mode="json")})
-    return RunResult(run=run, final_dir=final, diagnostics=list(diagnostics.rows), run_dir=run_dir,
-                     live_dir=diagnostics.live_dir, resumed_from=checkpoint_step(resume) if resume else None,
-                     global_step=step)
+    report = launched_result(trainer, global_step=step)
+    write_final(trainer, Path(job["final_dir"]), _final_meta(cfg, job["run"], step))
+    return report
 
 
 # ---------------------------------------------------------------------------------------------------

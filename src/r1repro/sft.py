@@ -22,6 +22,9 @@ What it guarantees:
   into place only after it is complete, so a failed run leaves the previous good model untouched.
 * Training metrics (loss, learning rate, grad norm, ...) go to a DVCLive folder at the trainer's
   global step, offline: no dvc.yaml is written and no DVC experiment is created.
+* Several processes when `common.num_processes` > 1: the training runs under `accelerate launch`
+  (`r1repro.distributed`), `batch_size` split evenly over the processes; this process keeps the
+  checkpoint choice and the atomic replacement of the final model.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from typing import Any
 import transformers
 from transformers import TrainerCallback
 
-from r1repro.config import CommonParams, LoraParams, SftParams
+from r1repro.config import CommonParams, ConfigError, LoraParams, SftParams
+from r1repro.distributed import Launch, launched_result, per_process
 from r1repro.io import atomic_write_json, staged_dir
 from r1repro.modeling import load_model, load_tokenizer, resolve_device
 
@@ -191,7 +195,7 @@ class TrainSettings:
         learning_rate: AdamW's peak rate.
         lr_scheduler: "linear", "cosine", "constant" or "constant_with_warmup".
         warmup_ratio: share of the steps spent warming up, in [0, 1).
-        batch_size: examples per device step.
+        batch_size: examples per forward/backward pass, over all processes (each takes an equal share).
         grad_accum: device steps per optimizer update.
         max_length: longest tokenized prompt + completion; longer ones are cut (and counted).
         lora: LoRA settings; None or `enabled: false` for a full fine-tune.
@@ -242,6 +246,15 @@ class TrainSettings:
             fields.pop(key)
         fields["lora"] = self.lora.model_dump() if self.lora is not None and self.lora.enabled else None
         return fields
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as plain JSON, for a launched training process (`from_json` reads them back)."""
+        return {**asdict(self), "lora": self.lora.model_dump() if self.lora is not None else None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainSettings:
+        """The inverse of `to_json`."""
+        return cls(**{**data, "lora": LoraParams(**data["lora"]) if data["lora"] is not None else None})
 
 
 @dataclass(frozen=True)
@@ -296,7 +309,8 @@ def _sft_config(checkpoint_dir: Path, settings: TrainSettings, on_cpu: bool, pro
     return SFTConfig(
         output_dir=str(checkpoint_dir), num_train_epochs=s.epochs, max_steps=s.max_steps,
         learning_rate=s.learning_rate, lr_scheduler_type=s.lr_scheduler, warmup_steps=s.warmup_ratio,
-        per_device_train_batch_size=s.batch_size, gradient_accumulation_steps=s.grad_accum,
+        per_device_train_batch_size=per_process(s.batch_size, "batch_size"),  # 1 share per process
+        gradient_accumulation_steps=s.grad_accum,
         max_length=s.max_length,
         completion_only_loss=True,  # prompt tokens get label -100: the model learns responses only
         seed=s.seed, data_seed=s.seed,
@@ -306,6 +320,9 @@ def _sft_config(checkpoint_dir: Path, settings: TrainSettings, on_cpu: bool, pro
         use_cpu=on_cpu, dataloader_pin_memory=not on_cpu,
         # TRL turns both on by default; bf16 autocast on CPU is slow, and checkpointing costs ~20% time.
         bf16=s.bf16, activation_checkpointing=s.gradient_checkpointing,
+        # Several processes (DDP): every trainable weight takes part in each forward pass, so DDP's
+        # search for unused ones would only cost an extra pass over the graph per step.
+        ddp_find_unused_parameters=False,
     )
 
 
@@ -343,21 +360,77 @@ def _count_truncated(trainer, max_length: int) -> int:
     return sum(1 for ids in trainer.train_dataset["input_ids"] if len(ids) >= max_length)
 
 
+def _write_final(trainer, folder: Path, record: dict) -> None:
+    """Merge LoRA (if any) and write model, tokenizer and record into `folder` (every process calls this)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        # Each process holds a shard: save_model gathers them (every process must join) and the main
+        # process writes. LoRA is refused under ZeRO-3 before launching (see _check_launch).
+        trainer.save_model(str(folder))
+    elif trainer.is_world_process_zero():
+        model = trainer.model
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()  # a plain model: later stages need no PEFT to load it
+        model.save_pretrained(folder)
+        trainer.processing_class.save_pretrained(folder)
+    if trainer.is_world_process_zero():
+        atomic_write_json(folder / TRAINING_RECORD, record)
+
+
 def _save_final(trainer, output_dir: Path, record: dict) -> None:
-    """Merge LoRA (if any) and write model + tokenizer to a staging folder, then rename it into place."""
-    model = trainer.model
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()  # a plain model: later stages need no PEFT to load it
+    """`_write_final` into a staging folder, then rename it into place."""
     with staged_dir(output_dir) as tmp:
-        model.save_pretrained(tmp)
-        trainer.processing_class.save_pretrained(tmp)
-        atomic_write_json(tmp / TRAINING_RECORD, record)
+        _write_final(trainer, tmp, record)
+
+
+def _train(job: dict[str, Any], callbacks: Sequence[TrainerCallback] = ()):
+    """Build the trainer of a job (see `train_sft`) and train.
+
+    Returns:
+        (trainer, the `SftResult` fields but output_dir, the record saved beside the final model).
+    """
+    settings = TrainSettings.from_json(job["settings"])
+    recorder = _StepRecorder()
+    extra = [recorder, *([DvcLiveLogger(job["live_dir"])] if job["live_dir"] else []), *callbacks]
+    trainer = build_trainer(job["rows"], job["model"], job["checkpoint_dir"], settings, device=job["device"],
+                            trust_remote_code=job["trust_remote_code"], callbacks=extra,
+                            progress=job["progress"])
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=job["resume"])
+    fields = {"global_step": trainer.state.global_step,
+              "start_step": int(job["resume"].split("-")[-1]) if job["resume"] else 0,
+              "losses": recorder.losses, "train_loss": output.training_loss,
+              "runtime_s": time.perf_counter() - started, "examples": len(job["rows"]),
+              "truncated": _count_truncated(trainer, settings.max_length)}
+    record = {**job["record"], "global_step": trainer.state.global_step, "epochs": settings.epochs,
+              "max_steps": settings.max_steps}
+    return trainer, fields, record
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """One launched process's part of `train_sft` (see `r1repro.distributed`): train, write the model
+    into the staging folder `job["final_dir"]`, and report (rank 0's report is the one kept)."""
+    trainer, fields, record = _train(job)
+    report = launched_result(trainer, **fields)  # before a LoRA merge changes the main process's model
+    _write_final(trainer, Path(job["final_dir"]), record)
+    return report
+
+
+def _check_launch(launch: Launch, settings: TrainSettings, callbacks: Sequence[TrainerCallback]) -> None:
+    if callbacks:
+        raise ValueError("callbacks live in this process and cannot reach launched training processes; "
+                         "pass none when common.num_processes > 1")
+    if launch.zero_stage == 3 and settings.lora is not None and settings.lora.enabled:
+        raise ConfigError(f"LoRA (lora.enabled) cannot be merged into sharded ZeRO-3 weights "
+                          f"({launch.config_file}): use configs/accelerate/zero2.yaml or ddp.yaml")
 
 
 def train_sft(dataset: Any, model: str, output_dir: Path | str, settings: TrainSettings | None = None, *,
               checkpoint_dir: Path | str | None = None, live_dir: Path | str | None = None,
               device: str = "auto", trust_remote_code: bool = False, keep_checkpoints: bool = False,
-              callbacks: Sequence[TrainerCallback] = (), progress: bool = True) -> SftResult:
+              callbacks: Sequence[TrainerCallback] = (), progress: bool = True,
+              launch: Launch | None = None) -> SftResult:
     """Fine-tune `model` on a prompt/completion dataset and save the result to `output_dir`.
 
     Args:
@@ -370,8 +443,10 @@ def train_sft(dataset: Any, model: str, output_dir: Path | str, settings: TrainS
         device: "auto", "cpu", "cuda" or "cuda:N".
         trust_remote_code: let transformers run model code shipped with the model.
         keep_checkpoints: keep checkpoint_dir after success (default: remove it; it is only for resuming).
-        callbacks: extra `TrainerCallback`s.
+        callbacks: extra `TrainerCallback`s (in-process training only).
         progress: show tqdm progress bars.
+        launch: train in several processes under `accelerate launch` (`Launch.from_common`);
+            None trains in this process.
 
     Returns:
         An `SftResult`.
@@ -379,28 +454,32 @@ def train_sft(dataset: Any, model: str, output_dir: Path | str, settings: TrainS
     Raises:
         ValueError: an empty dataset or one without prompt/completion columns.
         ConfigError: a model that cannot be loaded, or a bad device.
+        LaunchError: the launched processes failed (`output_dir` keeps its previous model).
     """
     settings = settings or TrainSettings()
     output_dir = Path(output_dir)
     checkpoint_dir = Path(checkpoint_dir or output_dir.with_name(output_dir.name + "-checkpoints"))
     rows = _as_dataset(dataset)
-    fingerprint = {"model": str(model), "data": dataset_digest(rows), "settings": settings.identity()}
+    fingerprint = {"model": str(model), "data": dataset_digest(rows), "settings": settings.identity(),
+                   # Checkpoints of another process layout are not resumed (their data order differs).
+                   **({"launch": launch.identity()} if launch else {})}
     resume = resume_point(checkpoint_dir, fingerprint)
-    recorder = _StepRecorder()
-    extra = [recorder, *([DvcLiveLogger(live_dir)] if live_dir else []), *callbacks]
-    trainer = build_trainer(rows, model, checkpoint_dir, settings, device=device,
-                            trust_remote_code=trust_remote_code, callbacks=extra, progress=progress)
-    started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    result = SftResult(output_dir=output_dir, global_step=trainer.state.global_step,
-                       start_step=int(resume.name.split("-")[-1]) if resume else 0, losses=recorder.losses,
-                       train_loss=output.training_loss, runtime_s=time.perf_counter() - started,
-                       examples=len(rows), truncated=_count_truncated(trainer, settings.max_length))
-    _save_final(trainer, output_dir, {**fingerprint, "global_step": result.global_step,
-                                      "epochs": settings.epochs, "max_steps": settings.max_steps})
+    job = {"rows": rows, "model": str(model), "checkpoint_dir": str(checkpoint_dir),
+           "settings": settings.to_json(), "resume": str(resume) if resume else None,
+           "live_dir": str(live_dir) if live_dir else None, "device": device,
+           "trust_remote_code": trust_remote_code, "progress": progress, "record": fingerprint}
+    if launch is None:
+        trainer, fields, record = _train(job, callbacks)
+        _save_final(trainer, output_dir, record)
+    else:
+        _check_launch(launch, settings, callbacks)
+        with staged_dir(output_dir) as tmp:  # replaced only if every process finished
+            report = launch.run("sft", {**job, "rows": rows.to_list(), "final_dir": str(tmp)})
+        fields = {key: value for key, value in report.items() if key in SftResult.__dataclass_fields__}
+        fields["losses"] = [tuple(pair) for pair in fields["losses"]]  # JSON made the pairs lists
     if not keep_checkpoints:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return result
+    return SftResult(output_dir=output_dir, **fields)
 
 
 def train_from_params(dataset: Any, cfg: SftParams, common: CommonParams, *,
@@ -422,4 +501,4 @@ def train_from_params(dataset: Any, cfg: SftParams, common: CommonParams, *,
     return train_sft(dataset, cfg.init_model, cfg.output_dir, TrainSettings.from_params(cfg, common),
                      checkpoint_dir=cfg.checkpoint_dir, live_dir=live_dir, device=common.device,
                      trust_remote_code=common.trust_remote_code, keep_checkpoints=cfg.keep_checkpoints,
-                     callbacks=callbacks, progress=progress)
+                     callbacks=callbacks, progress=progress, launch=Launch.from_common(common))
