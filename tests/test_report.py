@@ -222,3 +222,24 @@ def test_dev_run_writes_beside_the_dev_folders(tmp_path):
     dest = report.write_report(dev, eval_dir=dev / "evaluate")
     assert dest == dev / report.REPORT_NAME
     assert "evaluate/plots/mean_at_k.png" in links(dest.read_text())
+
+
+def test_rl_change_reads_with_its_paired_interval_and_verdict():
+    from r1repro import report
+
+    runs = {"dr_grpo": {"heldout": {"accuracy": 0.3}, "heldout_change": 0.125,
+                        "heldout_change_paired": {"change": 0.125, "change_low": 0.03125,
+                                                  "change_high": 0.21875, "fixed": 5, "broke": 1}},
+            "grpo": {"heldout": {"accuracy": 0.2}, "heldout_change": 0.0}}
+    assert report.change_text(runs["dr_grpo"]) == "+12.5 pts [+3.1, +21.9] (5/1)"
+    assert report.change_text(runs["grpo"]) == "+0.0 pts"
+    assert report.change_text({}) == "n/a"
+    findings = "\n".join(report.rl_findings({"accuracy": 0.2, "n": 32}, runs))
+    assert "excludes 0 for dr_grpo" in findings
+    runs["dr_grpo"]["heldout_change_paired"]["change_low"] = -0.03
+    assert "Every interval includes 0" in "\n".join(report.rl_findings({"accuracy": 0.2}, runs))
+    line = report.prompt_filter_line({"kept": 29, "candidates": 128, "mean_pass_rate_candidates": 0.127,
+                                      "mean_pass_rate_kept": 0.45})
+    assert line == ["- Training prompts: 29 of 128 candidates kept by the pass-rate filter "
+                    "(mean pass rate 12.7% over candidates, 45.0% over kept ones)."]
+    assert report.prompt_filter_line(None) == []

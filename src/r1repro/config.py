@@ -206,6 +206,30 @@ class RlRun(Section):
     scale_rewards: Literal["group", "batch", "none"]
 
 
+class PromptFilterParams(Section):
+    """Train RL only on prompts the starting policy sometimes solves (r1repro.prompt_filter).
+
+    Off: every row of rl.prompts is used. On: the first `candidates` prompts of the training order are
+    each answered sampling.n times by rl.init_model, and those whose pass rate lies in
+    [min_pass, max_pass] are kept (a prompt always failed or always solved gives GRPO no signal).
+    """
+
+    enabled: bool = False
+    candidates: int | None = Field(None, ge=1, description="prompts measured; None: all of rl.prompts")
+    sampling: SamplingParams = SamplingParams(n=4, temperature=1.0, top_p=1.0, max_new_tokens=256)
+    min_pass: float = Field(0.25, ge=0.0, le=1.0)
+    max_pass: float = Field(0.75, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "PromptFilterParams":
+        if self.min_pass > self.max_pass:
+            raise ValueError(f"rl.prompt_filter.min_pass ({self.min_pass}) is above max_pass ({self.max_pass})")
+        if self.enabled and self.sampling.n > 1 and self.sampling.temperature == 0:
+            raise ValueError("rl.prompt_filter.sampling.temperature is 0 with n > 1: greedy samples are all "
+                             "the same, so pass rates are 0 or 1; use the RL temperature")
+        return self
+
+
 class RlParams(Section):
     """Stage 3: GRPO vs Dr. GRPO from the cold-start checkpoint."""
 
@@ -236,6 +260,7 @@ class RlParams(Section):
     heldout: BenchmarkSubset | None = Field(
         None, description="held-out prompts answered greedily every eval_steps (disjoint from prompts)")
     eval_steps: int = Field(0, ge=0, description="held-out evaluation every N steps; 0: off")
+    prompt_filter: PromptFilterParams = PromptFilterParams()
 
     @model_validator(mode="after")
     def _check(self) -> "RlParams":

@@ -272,6 +272,36 @@ def greedy_heldout(model: str, rows: Sequence[dict], template: str, max_new_toke
     return records, summary
 
 
+def paired_change(before: Sequence[dict], after: Sequence[dict], n_boot: int = 1000,
+                  confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """The change in accuracy between two graded record sets on the same questions, with a paired interval.
+
+    Each question contributes after - before (-1, 0 or +1 for one greedy answer each), so the
+    interval reflects how many answers changed, not the spread of two independent estimates: two
+    overlapping unpaired intervals can still hide a real gain.
+
+    Args:
+        before, after: graded records (`question_id`, `correct`), one per question, same questions.
+        n_boot, confidence, seed: bootstrap settings.
+
+    Returns:
+        change, change_low, change_high (accuracy points as fractions), fixed (wrong -> right),
+        broke (right -> wrong), n.
+
+    Raises:
+        ValueError: the two sets cover different questions.
+    """
+    first = {r["question_id"]: float(r["correct"]) for r in before}
+    second = {r["question_id"]: float(r["correct"]) for r in after}
+    if set(first) != set(second):
+        raise ValueError(f"paired_change: the record sets cover different questions "
+                         f"({len(set(first) ^ set(second))} differ)")
+    diffs = [second[q] - first[q] for q in sorted(first)]
+    change, low, high = _mean_ci(diffs, n_boot, confidence, seed)
+    return {"change": change, "change_low": low, "change_high": high, "n": len(diffs),
+            "fixed": sum(d > 0 for d in diffs), "broke": sum(d < 0 for d in diffs)}
+
+
 def _interval_text(metrics: dict[str, Any], metric: str, model: str, benchmark: str) -> str:
     """One model's value on one benchmark from metrics.json, in %, with its interval when recorded."""
     value = metrics[metric][model].get(benchmark)

@@ -176,8 +176,15 @@ def rl_findings(start: dict, runs: dict[str, dict]) -> list[str]:
     verdict = (" The intervals overlap: no difference is resolved at this size."
                if _overlap([start] + heldout) else "")
     late = [(name, r.get("late_training", {})) for name, r in runs.items()]
+    paired = [(name, r["heldout_change_paired"]) for name, r in runs.items() if r.get("heldout_change_paired")]
+    resolved = [name for name, c in paired if not _missing(c.get("change_low")) and
+                (c["change_low"] > 0 or c.get("change_high", 0) < 0)]
+    change = ([f"- Change from the start, paired over the same questions: "
+               + "; ".join(f"{name} {change_text(runs[name])}" for name, _ in paired)
+               + (f". The interval excludes 0 for {', '.join(resolved)}." if resolved
+                  else ". Every interval includes 0.")] if paired else [])
     return [
-        f"- Held-out accuracy (greedy, n={n}): start {pct_ci(start)}; after {after}.{verdict}",
+        f"- Held-out accuracy (greedy, n={n}): start {pct_ci(start)}; after {after}.{verdict}", *change,
         "- Length of incorrect responses, second half of training: "
         + ", ".join(f"{name} {num(lt.get('mean_length_incorrect'))} tokens" for name, lt in late)
         + ". The paper's claim: GRPO's per-response length normalization lets incorrect responses grow "
@@ -198,16 +205,38 @@ def rl_section(folder: StageFolder) -> list[str]:
     rows = []
     for name, r in runs.items():
         late = r.get("late_training", {})
-        change = r.get("heldout_change")
         rows.append([name, f"`{r.get('loss_type')}`", f"`{r.get('scale_rewards')}`", num(r.get("steps")),
-                     pct_ci(start), pct_ci(r.get("heldout", {})),
-                     "n/a" if _missing(change) else f"{100 * change:+.1f} pts",
+                     pct_ci(start), pct_ci(r.get("heldout", {})), change_text(r),
                      num(late.get("mean_length_incorrect")), pct(late.get("zero_std_share")),
                      num(late.get("reward"), 2)])
-    header = ["run", "loss_type", "scale_rewards", "steps", "held-out before", "held-out after", "change",
-              "late len. incorrect (tokens)", "late zero-std share", "late reward"]
-    return lines + rl_findings(start, runs) + ["", md_table(header, rows), "",
-                                               "Late: mean over the second half of training steps."]
+    header = ["run", "loss_type", "scale_rewards", "steps", "held-out before", "held-out after",
+              "change [paired 95% interval] (fixed/broke)", "late len. incorrect (tokens)",
+              "late zero-std share", "late reward"]
+    return lines + rl_findings(start, runs) + prompt_filter_line(m.get("prompt_filter")) + [
+        "", md_table(header, rows), "", "Late: mean over the second half of training steps."]
+
+
+def change_text(run: dict) -> str:
+    """`+9.4 pts [+3.1, +15.6] (3/0)`: the held-out change, its paired interval, answers fixed/broken."""
+    paired = run.get("heldout_change_paired") or {}
+    change = paired.get("change", run.get("heldout_change"))
+    if _missing(change):
+        return "n/a"
+    text = f"{100 * change:+.1f} pts"
+    if not _missing(paired.get("change_low")) and not _missing(paired.get("change_high")):
+        text += f" [{100 * paired['change_low']:+.1f}, {100 * paired['change_high']:+.1f}]"
+    if paired.get("fixed") is not None:
+        text += f" ({paired['fixed']}/{paired.get('broke')})"
+    return text
+
+
+def prompt_filter_line(summary: dict | None) -> list[str]:
+    """How many training prompts the pass-rate filter kept, when it ran."""
+    if not summary:
+        return []
+    return [f"- Training prompts: {num(summary.get('kept'))} of {num(summary.get('candidates'))} candidates "
+            f"kept by the pass-rate filter (mean pass rate {pct(summary.get('mean_pass_rate_candidates'))} "
+            f"over candidates, {pct(summary.get('mean_pass_rate_kept'))} over kept ones)."]
 
 
 def distill_section(folder: StageFolder) -> list[str]:

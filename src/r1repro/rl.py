@@ -59,7 +59,7 @@ import pandas as pd
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from r1repro import grading
+from r1repro import grading, io
 from r1repro.config import CommonParams, ConfigError, RlParams, SamplingParams
 from r1repro.data import load_subset
 from r1repro.distributed import Launch, launched_result, per_process
@@ -620,20 +620,33 @@ def last_complete_checkpoint(folder: Path | str, discard_incomplete: bool = Fals
     return complete[-1] if complete else None
 
 
-def run_fingerprint(cfg: RlParams, run: str, common: CommonParams) -> dict[str, Any]:
+# The modules whose code shapes a run's training; a change to any of them starts checkpoints afresh.
+TRAINING_MODULES = ("rl", "rewards", "grading", "templates", "modeling")
+
+
+def run_fingerprint(cfg: RlParams, run: str, common: CommonParams,
+                    rows: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """What a run's checkpoints depend on: resuming under anything else would mix two experiments.
 
     Steps, saving and held-out settings are left out: they may change between resumptions. The
     process layout counts (data order and checkpoint format depend on it); it is added only when
     several processes train, so single-process checkpoints made before it existed still resume.
+    The starting weights and the training code count too: a retrained cold-start model or a code
+    change must not resume (and, for a finished run, silently keep) the old run.
+
+    Args:
+        cfg, run, common: as for `train_run`.
+        rows: the training rows when they are not simply `cfg.prompts` (e.g. a prompt filter's choice).
     """
     shared = cfg.model_dump(mode="json", exclude={
         "runs", "max_steps", "save_steps", "heldout", "eval_steps", "eval_sampling", "output_dir",
         "gradient_checkpointing"})
     layout = {"launch": {"num_processes": common.num_processes,
                          "accelerate_config": common.accelerate_config}} if common.num_processes > 1 else {}
+    chosen = {"rows": io.text_digest(str(r.get("id", r["problem"])) for r in rows)} if rows is not None else {}
     return {"run": run, **cfg.runs[run].model_dump(mode="json"), **shared,
-            "seed": common.seed, "dtype": common.dtype, **layout}
+            "seed": common.seed, "dtype": common.dtype, **layout, **chosen,
+            "init_weights": io.weights_digest(cfg.init_model), "code": io.source_digest(*TRAINING_MODULES)}
 
 
 def start_run_dir(run_dir: Path, fingerprint: Mapping[str, Any]) -> None:
@@ -843,7 +856,7 @@ def train_run(cfg: RlParams, run: str, common: CommonParams, *,
         LaunchError: the launched processes failed (`<run>/final` keeps its previous model).
     """
     run_dir = Path(cfg.output_dir) / run
-    start_run_dir(run_dir, run_fingerprint(cfg, run, common))
+    start_run_dir(run_dir, run_fingerprint(cfg, run, common, rows))
     resume = last_complete_checkpoint(run_dir / CHECKPOINTS, discard_incomplete=True)
     if resume is not None:
         log.info("rl %s: resuming from %s", run, resume)

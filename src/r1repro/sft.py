@@ -44,7 +44,7 @@ from transformers import TrainerCallback
 
 from r1repro.config import CommonParams, ConfigError, LoraParams, SftParams
 from r1repro.distributed import Launch, launched_result, per_process
-from r1repro.io import atomic_write_json, staged_dir
+from r1repro.io import atomic_write_json, source_digest, staged_dir, weights_digest
 from r1repro.modeling import load_model, load_tokenizer, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -129,6 +129,11 @@ class _StepRecorder(TrainerCallback):
 # ---------------------------------------------------------------------------------------------------
 # Checkpoints and fingerprints
 # ---------------------------------------------------------------------------------------------------
+
+
+# The modules whose code shapes SFT training; a change to any of them starts checkpoints afresh
+# (a rerun after a code change must not resume, and for a finished run keep, the old run).
+TRAINING_MODULES = ("sft", "modeling")
 
 
 def dataset_digest(dataset: Any) -> str:
@@ -460,7 +465,8 @@ def train_sft(dataset: Any, model: str, output_dir: Path | str, settings: TrainS
     output_dir = Path(output_dir)
     checkpoint_dir = Path(checkpoint_dir or output_dir.with_name(output_dir.name + "-checkpoints"))
     rows = _as_dataset(dataset)
-    fingerprint = {"model": str(model), "data": dataset_digest(rows), "settings": settings.identity(),
+    fingerprint = {"model": str(model), "weights": weights_digest(model), "code": source_digest(*TRAINING_MODULES),
+                   "data": dataset_digest(rows), "settings": settings.identity(),
                    # Checkpoints of another process layout are not resumed (their data order differs).
                    **({"launch": launch.identity()} if launch else {})}
     resume = resume_point(checkpoint_dir, fingerprint)

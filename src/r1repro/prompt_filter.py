@@ -1,0 +1,168 @@
+"""Choose RL training prompts by the starting policy's pass rate, so that groups carry a signal.
+
+GRPO and Dr. GRPO learn only from groups whose rewards differ: when every completion of a prompt is
+wrong (or every one right), the accuracy rewards tie, the advantages are zero and the step spends its
+compute on nothing. A small policy fails most prompts: the 135M cold-start model solved none of 4
+samples (T=0.7) for 97 of 128 ASDiv training prompts. Before training, each candidate prompt is
+therefore answered `sampling.n` times by the starting policy and kept only when its pass rate lies in
+[min_pass, max_pass]. Both runs then train on the same kept prompts in the same order, so the pairing
+of GRPO and Dr. GRPO is unchanged. This is offline difficulty filtering; DAPO's "dynamic sampling"
+does the same online, per batch, at the price of extra rollouts during training.
+
+    from r1repro import prompt_filter
+    chosen = prompt_filter.select_prompts(cfg, common, rows)   # cfg: RlParams with prompt_filter on
+    chosen.rows            # the kept question rows, in training order
+    chosen.table           # one row per candidate: id, solved, n, pass_rate, kept
+
+The measurement is cached in `<rl.output_dir>/prompt_filter.json`, keyed by the starting model's
+weights and the filter's settings, so a resumed stage does not sample again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from r1repro import grading, io, templates
+from r1repro.config import CommonParams, ConfigError, RlParams
+
+log = logging.getLogger(__name__)
+
+CACHE_FILE = "prompt_filter.json"
+
+
+@dataclass(frozen=True)
+class FilteredPrompts:
+    """The outcome of filtering.
+
+    Attributes:
+        rows: the kept question rows, in the order they were measured (the training order's start).
+        table: one row per candidate: id, solved, n, pass_rate, kept.
+        reused: True when the measurement came from the cache.
+    """
+
+    rows: list[dict]
+    table: pd.DataFrame
+    reused: bool
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for metrics.json: candidates, kept, their share, and mean pass rates."""
+        kept = self.table[self.table["kept"]]
+        return {"candidates": len(self.table), "kept": len(kept),
+                "kept_share": len(kept) / len(self.table) if len(self.table) else float("nan"),
+                "mean_pass_rate_candidates": float(self.table["pass_rate"].mean()),
+                "mean_pass_rate_kept": float(kept["pass_rate"].mean()) if len(kept) else float("nan")}
+
+
+def candidate_rows(rows: Sequence[Mapping[str, Any]], count: int | None, seed: int) -> list[dict]:
+    """The first `count` rows of the seeded training order (all rows when count is None).
+
+    Taking candidates in the order RL would have used keeps the filter a pure subset choice: with
+    every candidate kept, training sees exactly the prompts of an unfiltered run.
+    """
+    from r1repro.rl import prompt_order
+
+    count = len(rows) if count is None else min(count, len(rows))
+    return [dict(rows[i]) for i in prompt_order(len(rows), count, seed)]
+
+
+def count_solved(model: str, rows: Sequence[Mapping[str, Any]], template: str, sampling: Any,
+                 common: CommonParams) -> list[int]:
+    """How many of `sampling.n` sampled answers to each row the model gets right.
+
+    Args:
+        model: hub id or local folder of the starting policy.
+        rows: question rows (`problem`, `answer`).
+        template: the prompt template RL trains with.
+        sampling: SamplingParams (n samples per prompt, temperature, top_p, token budget).
+        common: the validated `common` params (backend, inference dtype, seed, grading).
+
+    Returns:
+        One count in [0, sampling.n] per row.
+    """
+    from r1repro import generation, modeling
+
+    tokenizer = modeling.load_tokenizer(model, trust_remote_code=common.trust_remote_code)
+    generator = generation.generator_for(common, model)
+    prompts = [templates.render_prompt(template, row["problem"], tokenizer) for row in rows]
+    groups = generator.generate(prompts, n=sampling.n, temperature=sampling.temperature,
+                                top_p=sampling.top_p, max_tokens=sampling.max_new_tokens, seed=common.seed)
+    # The prefill (e.g. "<think>") is part of the prompt, so the grader sees it put back.
+    head = templates.prefill(template)
+    responses = [head + c.text for group in groups for c in group]
+    golds = [str(row["answer"]) for row, group in zip(rows, groups) for _ in group]
+    verdicts = grading.grade_many(responses, golds, workers=common.grading_workers,
+                                  timeout_s=common.grading_timeout_s)
+    solved, at = [], 0
+    for group in groups:
+        solved.append(int(sum(verdicts[at:at + len(group)])))
+        at += len(group)
+    return solved
+
+
+def pass_table(rows: Sequence[Mapping[str, Any]], solved: Sequence[int], n: int, min_pass: float,
+               max_pass: float) -> pd.DataFrame:
+    """One row per candidate: id, solved, n, pass_rate, kept (min_pass <= pass_rate <= max_pass)."""
+    rates = [s / n for s in solved]
+    return pd.DataFrame({"id": [str(r.get("id", f"row-{i}")) for i, r in enumerate(rows)],
+                         "solved": list(solved), "n": n, "pass_rate": rates,
+                         "kept": [min_pass <= p <= max_pass for p in rates]})
+
+
+def _fingerprint(cfg: RlParams, common: CommonParams, candidates: Sequence[Mapping[str, Any]]) -> dict:
+    """What a measurement depends on: the starting weights, the filter's sampling, the candidates."""
+    return {"init_model": io.weights_digest(cfg.init_model), "template": cfg.template,
+            "sampling": cfg.prompt_filter.sampling.model_dump(mode="json"), "seed": common.seed,
+            "inference_dtype": common.inference_dtype or common.dtype, "backend": common.backend,
+            "candidates": [str(r.get("id", "")) + "\t" + str(r["problem"]) for r in candidates]}
+
+
+def _cached_solved(path: Path, fingerprint: Mapping[str, Any]) -> list[int] | None:
+    record = io.read_json_or_none(path)
+    if record is None or record.get("fingerprint") != dict(fingerprint):
+        return None
+    return [int(s) for s in record["solved"]]
+
+
+def select_prompts(cfg: RlParams, common: CommonParams, rows: Sequence[Mapping[str, Any]]) -> FilteredPrompts:
+    """Measure the starting policy's pass rate on candidate prompts and keep those in bounds.
+
+    Args:
+        cfg: the validated `rl` section; `cfg.prompt_filter` holds candidates, sampling and bounds.
+        common: the validated `common` section.
+        rows: all training question rows (`rl.prompts`).
+
+    Returns:
+        The kept rows and the per-candidate table.
+
+    Raises:
+        ConfigError: fewer prompts kept than one step needs, naming the keys to change.
+    """
+    spec = cfg.prompt_filter
+    candidates = candidate_rows(rows, spec.candidates, common.seed)
+    cache = Path(cfg.output_dir) / CACHE_FILE
+    fingerprint = _fingerprint(cfg, common, candidates)
+    solved = _cached_solved(cache, fingerprint)
+    reused = solved is not None
+    if solved is None:
+        log.info("rl.prompt_filter: sampling %d candidates x %d with %s", len(candidates),
+                 spec.sampling.n, cfg.init_model)
+        solved = count_solved(cfg.init_model, candidates, cfg.template, spec.sampling, common)
+        io.atomic_write_json(cache, {"fingerprint": fingerprint, "solved": solved})
+    table = pass_table(candidates, solved, spec.sampling.n, spec.min_pass, spec.max_pass)
+    kept = [row for row, keep in zip(candidates, table["kept"]) if keep]
+    if len(kept) < cfg.prompts_per_step:
+        raise ConfigError(
+            f"rl.prompt_filter kept {len(kept)} of {len(candidates)} prompts (pass rate in "
+            f"[{spec.min_pass}, {spec.max_pass}]), fewer than rl.prompts_per_step ({cfg.prompts_per_step}); "
+            "raise rl.prompt_filter.candidates, widen min_pass/max_pass, or turn the filter off")
+    needed = cfg.max_steps * cfg.prompts_per_step
+    if len(kept) < needed:
+        log.warning("rl.prompt_filter: %d prompts kept for %d needed; each is trained on %.1f times",
+                    len(kept), needed, needed / len(kept))
+    return FilteredPrompts(rows=kept, table=table, reused=reused)
