@@ -77,7 +77,9 @@ class CommonParams(Section):
     """Settings every stage shares."""
 
     seed: int = 1234
-    backend: Literal["transformers", "vllm"] = "transformers"
+    backend: Literal["transformers", "transformers_static", "transformers_continuous", "vllm"] = Field(
+        "transformers", description="rollout engine (r1repro.generation): plain generate, static KV cache "
+        "+ torch.compile, continuous batching, or vLLM (RL falls back to transformers where vLLM cannot run)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="weights of models that are trained (bfloat16: mixed precision on a GPU)")
@@ -87,7 +89,7 @@ class CommonParams(Section):
     trust_remote_code: bool = Field(False, description="let transformers run code shipped with a model")
     grading_timeout_s: float = Field(5.0, gt=0.0, description="time bound for grading one response")
     grading_workers: int = Field(2, ge=1, description="processes that grade in parallel")
-    generation_batch_size: int = Field(64, ge=1, description="sequences (prompts x samples) per batch, transformers backend")
+    generation_batch_size: int = Field(64, ge=1, description="sequences (prompts x samples) per batch, transformers backends")
     data_dir: str = "data"
     num_processes: int = Field(
         1, ge=1, description="training processes, one per GPU; > 1 runs SFT, RL and distill training "

@@ -1,11 +1,20 @@
 """Rollouts behind one interface: prompts in, `Completion` records out, whatever the backend.
 
-Two backends sit in a registry chosen by name (`common.backend` in params.yaml):
+Backends sit in a registry chosen by name (`common.backend` in params.yaml):
 
 * `transformers`: batched `model.generate` on CPU or GPU, also usable on a policy already in
   memory (`TransformersGenerator(model, tokenizer)`), which is what training code needs.
+* `transformers_static`: the same with a static KV cache, compiled by torch.compile on CUDA
+  (`StaticCacheGenerator`); records, seeds and guarantees as `transformers`.
+* `transformers_continuous`: transformers' continuous batching, `model.generate_batch`
+  (`ContinuousBatchingGenerator`): a paged KV cache, no padding, a finished row's slot refilled at
+  once. Greedy records match `transformers`; sampled ones come from one seeded stream (see class).
 * `vllm`: `vllm.LLM`, imported only when asked for. vLLM starts worker processes, so a script that
   uses it must create the generator under `if __name__ == "__main__":`.
+
+The two transformers variants are the fallback for machines without vLLM. Which is faster depends
+on the hardware: on the 2-core CPU both were slower than plain `generate` (see the README's
+rollout section), so the CPU default stays `transformers`; `bench/rollout.py` measures them on a GPU.
 
     from r1repro.generation import load_generator
     gen = load_generator("transformers", "models/base", batch_size=16)
@@ -42,7 +51,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, LogitsProcessor, StoppingCriteriaList, StopStringCriteria
+from transformers import (CompileConfig, GenerationConfig, LogitsProcessor, StoppingCriteriaList,
+                          StopStringCriteria)
 
 from r1repro.config import CommonParams, ConfigError
 from r1repro.modeling import ensure_pad_token, load_model, load_tokenizer
@@ -238,13 +248,13 @@ class TransformersGenerator:
     @classmethod
     def from_pretrained(cls, model: str, *, dtype: str = "float32", device: str = "auto",
                         batch_size: int = 16, trust_remote_code: bool = False,
-                        progress: bool = True) -> TransformersGenerator:
-        """Load model and tokenizer by hub id or folder (see `r1repro.modeling`)."""
+                        **kwargs: Any) -> TransformersGenerator:
+        """Load model and tokenizer by hub id or folder (see `r1repro.modeling`); kwargs go to cls."""
         return cls(
             load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code),
             load_tokenizer(model, trust_remote_code=trust_remote_code),
             batch_size=batch_size,
-            progress=progress,
+            **kwargs,
         )
 
     @property
@@ -286,7 +296,7 @@ class TransformersGenerator:
         """
         return GenerationConfig(
             max_new_tokens=max_tokens, do_sample=False, num_beams=1, num_return_sequences=1,
-            eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
+            eos_token_id=self.eos_ids or None, pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
             repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0,
         )
 
@@ -299,9 +309,13 @@ class TransformersGenerator:
             self._stop_criteria[key] = StopStringCriteria(self.tokenizer, list(key))
         return StoppingCriteriaList([self._stop_criteria[key]])
 
+    def _padded_width(self, longest: int) -> int:
+        """Columns of a batch whose longest prompt has `longest` tokens (subclasses round it up)."""
+        return longest
+
     def _pad_left(self, batch: list[_Row]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded input ids and attention mask, so every prompt ends at the last column."""
-        width = max(len(r.ids) for r in batch)
+        width = self._padded_width(max(len(r.ids) for r in batch))
         pad = self.tokenizer.pad_token_id
         ids = [[pad] * (width - len(r.ids)) + r.ids for r in batch]
         mask = [[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in batch]
@@ -356,6 +370,115 @@ class TransformersGenerator:
                 high = mid
         return low
 
+
+# --------------------------------------------------------------------------------------------------
+# Faster transformers variants (for machines without vLLM)
+# --------------------------------------------------------------------------------------------------
+
+
+class StaticCacheGenerator(TransformersGenerator):
+    """`TransformersGenerator` with a static KV cache, compiled with torch.compile where it pays.
+
+    A static cache has fixed shapes (rows x (prompt width + max_tokens)), which is what lets
+    torch.compile (and CUDA graphs, mode "reduce-overhead") capture the decoding step once and
+    replay it. Shapes that change recompile, so prompt widths are padded up to a multiple of
+    `width_multiple`: a run then sees a handful of shapes instead of one per batch. Extra left
+    padding is masked; records, seeds and guarantees are those of `TransformersGenerator`
+    (RowSampler runs eagerly, outside the compiled forward).
+
+    Args:
+        model, tokenizer, batch_size, progress: as in `TransformersGenerator`.
+        compile: None compiles on CUDA only (transformers' own rule; on the 2-core CPU compiling
+            took ~40 s and the compiled model decoded slower); True or False forces it.
+        width_multiple: prompt widths are rounded up to a multiple of this.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 batch_size: int = 16, progress: bool = True, compile: bool | None = None,
+                 width_multiple: int = 64):
+        super().__init__(model, tokenizer, batch_size=batch_size, progress=progress)
+        if width_multiple < 1:
+            raise ValueError(f"width_multiple: expected >= 1, got {width_multiple}")
+        self.compile, self.width_multiple = compile, width_multiple
+
+    def _padded_width(self, longest: int) -> int:
+        return -(-longest // self.width_multiple) * self.width_multiple
+
+    def _generation_config(self, max_tokens: int) -> GenerationConfig:
+        config = super()._generation_config(max_tokens)
+        config.cache_implementation = "static"
+        on_cuda = self.model.device.type == "cuda"
+        if self.compile if self.compile is not None else on_cuda:
+            # CUDA graphs ("reduce-overhead") exist only on CUDA; elsewhere plain inductor code.
+            compile_config = CompileConfig(mode="reduce-overhead" if on_cuda else "default")
+            compile_config._compile_all_devices = True  # transformers compiles on GPUs only otherwise
+            config.compile_config = compile_config
+        else:
+            config.disable_compile = True
+        return config
+
+
+class ContinuousBatchingGenerator(TransformersGenerator):
+    """transformers' continuous batching (`model.generate_batch`) behind the Generator interface.
+
+    Every row (prompt x sample) goes to one `generate_batch` call; its scheduler decodes them in a
+    paged KV cache without padding and hands a finished row's slot to a waiting one, which is the
+    point for RL rollouts whose lengths vary widely.
+
+    Differences from `TransformersGenerator`, by design of `generate_batch`:
+    * sampling draws from one torch generator seeded with `seed`, in scheduling order, so a
+      sample depends on the other rows (as with vLLM); greedy records match (tests check it);
+    * it has no stopping criteria, so stop strings are applied to the finished text: a row runs
+      on to EOS or max_tokens and is then cut, with the same record as the plain backend;
+    * `batch_size` caps the rows decoded at once (ContinuousBatchingConfig.max_requests_per_batch).
+    """
+
+    def generate(self, prompts: list[str], n: int, temperature: float, top_p: float,
+                 max_tokens: int, seed: int,
+                 stop: list[str] | None = None) -> list[list[Completion]]:
+        """Sample n responses per prompt; see `Generator.generate`."""
+        check_request(prompts, n, temperature, top_p, max_tokens)
+        if not prompts:
+            return []
+        greedy = temperature == 0
+        encoded = self.tokenizer(list(prompts))["input_ids"]
+        rows = [_Row(i, j, ids) for i, ids in enumerate(encoded) for j in range(1 if greedy else n)]
+        config = self._generation_config(max_tokens)
+        if not greedy:
+            config.do_sample, config.temperature, config.top_p = True, temperature, top_p
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            outputs = self.model.generate_batch(
+                [r.ids for r in rows], generation_config=config, progress_bar=self.progress,
+                continuous_batching_config=self._cb_config(rows, max_tokens, seed),
+                # Warm-up captures CUDA graphs; on CPU it only doubled the time of a small call.
+                warmup=self.model.device.type == "cuda",
+            )
+        finally:
+            self.model.train(was_training)
+        results = list(outputs.values())  # in request order
+        failed = [r.error for r in results if r.error is not None]
+        if len(results) != len(rows) or failed:
+            raise RuntimeError(f"generate_batch returned {len(results)} of {len(rows)} rows"
+                               + (f"; first error: {failed[0]}" if failed else ""))
+        out: list[list[Completion]] = [[] for _ in prompts]
+        for row, result in zip(rows, results):
+            out[row.prompt_index].append(self._completion(row, list(result.generated_tokens), stop))
+        return replicate(out, n) if greedy else out
+
+    def _cb_config(self, rows: list[_Row], max_tokens: int, seed: int) -> Any:
+        """A cache sized for `batch_size` of the longest rows at once, not for most of the memory.
+
+        By default `generate_batch` reserves 60% of RAM on CPU (90% of free memory on a GPU) for
+        its cache: 14.8 GB for a toy model on the 2-core runner, which other jobs share.
+        """
+        from transformers import ContinuousBatchingConfig
+
+        config = ContinuousBatchingConfig(seed=seed, max_requests_per_batch=self.batch_size)
+        longest = max(len(r.ids) for r in rows) + max_tokens
+        config.num_blocks = min(len(rows), self.batch_size) * -(-longest // config.page_size) + 1
+        return config
 
 # --------------------------------------------------------------------------------------------------
 # vLLM backend
@@ -462,14 +585,17 @@ class VllmGenerator:
 # --------------------------------------------------------------------------------------------------
 
 
-def _transformers(model: Any, *, dtype: str, device: str, batch_size: int,
-                  trust_remote_code: bool, **kwargs: Any) -> TransformersGenerator:
-    """A transformers generator from a name or path, or from an in-memory (model, tokenizer)."""
-    if isinstance(model, tuple):
-        return TransformersGenerator(*model, batch_size=batch_size, **kwargs)
-    return TransformersGenerator.from_pretrained(model, dtype=dtype, device=device,
-                                                 batch_size=batch_size,
-                                                 trust_remote_code=trust_remote_code, **kwargs)
+def _transformers_variant(cls: type[TransformersGenerator]) -> Callable[..., TransformersGenerator]:
+    """A registry entry building `cls` from a name or path, or from a (model, tokenizer) pair."""
+
+    def build(model: Any, *, dtype: str, device: str, batch_size: int, trust_remote_code: bool,
+              **kwargs: Any) -> TransformersGenerator:
+        if isinstance(model, tuple):
+            return cls(*model, batch_size=batch_size, **kwargs)
+        return cls.from_pretrained(model, dtype=dtype, device=device, batch_size=batch_size,
+                                   trust_remote_code=trust_remote_code, **kwargs)
+
+    return build
 
 
 def _vllm(model: Any, *, dtype: str, device: str, batch_size: int, trust_remote_code: bool,
@@ -482,7 +608,12 @@ def _vllm(model: Any, *, dtype: str, device: str, batch_size: int, trust_remote_
                          **kwargs)
 
 
-GENERATORS: dict[str, Callable[..., Generator]] = {"transformers": _transformers, "vllm": _vllm}
+GENERATORS: dict[str, Callable[..., Generator]] = {
+    "transformers": _transformers_variant(TransformersGenerator),
+    "transformers_static": _transformers_variant(StaticCacheGenerator),
+    "transformers_continuous": _transformers_variant(ContinuousBatchingGenerator),
+    "vllm": _vllm,
+}
 
 
 def load_generator(backend: str, model: str | tuple[PreTrainedModel, PreTrainedTokenizerBase], *,
@@ -491,10 +622,12 @@ def load_generator(backend: str, model: str | tuple[PreTrainedModel, PreTrainedT
     """Build the generator named by `backend` (common.backend).
 
     Args:
-        backend: a key of GENERATORS: "transformers" or "vllm".
-        model: hub id or local folder; for transformers also a loaded (model, tokenizer) pair.
+        backend: a key of GENERATORS: "transformers", "transformers_static",
+            "transformers_continuous" or "vllm".
+        model: hub id or local folder; for the transformers backends also a loaded
+            (model, tokenizer) pair.
         dtype, device, trust_remote_code: see `r1repro.modeling.load_model`.
-        batch_size: sequences per batch (transformers; vLLM batches by itself).
+        batch_size: sequences per batch (transformers backends; vLLM batches by itself).
         **backend_kwargs: extra options of the backend class (progress=..., enforce_eager=...).
 
     Returns:

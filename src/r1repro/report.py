@@ -354,6 +354,15 @@ def flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
     return [(prefix.rstrip("."), f"`{value}`")]
 
 
+def rollout_notes(protocols: dict[str, dict]) -> list[str]:
+    """A line for each RL run whose rollouts came from another engine than common.backend names."""
+    notes = [f"{stage} {run}: rollouts generated with `{choice.get('engine')}`, not "
+             f"`{choice.get('requested')}`: {choice.get('reason')}."
+             for stage, p in protocols.items() for run, choice in (p.get("rollout") or {}).items()
+             if choice and choice.get("engine") != choice.get("requested")]
+    return [*notes, ""] if notes else []
+
+
 def protocol_section(folders: dict[str, StageFolder]) -> list[str]:
     """What made the numbers: each stage's params (folded) and the library versions of every stage."""
     lines = ["## How it was made", ""]
@@ -365,6 +374,7 @@ def protocol_section(folders: dict[str, StageFolder]) -> list[str]:
     lines += [f"Seed {common.get('seed')}, backend `{common.get('backend')}`, device `{common.get('device')}`, "
               f"dtype `{common.get('dtype')}` (the `common` params; each stage's own params are folded "
               "below).", ""]
+    lines += rollout_notes(protocols)
     libraries = sorted({lib for p in protocols.values() for lib in p.get("libraries", {})})
     rows = [[lib] + [protocols[s].get("libraries", {}).get(lib, "-") for s in protocols] for lib in libraries]
     lines += [md_table(["library"] + list(protocols), rows), ""]

