@@ -372,8 +372,9 @@ def protocol_section(folders: dict[str, StageFolder]) -> list[str]:
         return lines + [not_run("no protocol.json in any result folder")]
     common = next(iter(protocols.values())).get("common", {})
     lines += [f"Seed {common.get('seed')}, backend `{common.get('backend')}`, device `{common.get('device')}`, "
-              f"dtype `{common.get('dtype')}` (the `common` params; each stage's own params are folded "
-              "below).", ""]
+              f"training dtype `{common.get('dtype')}`, inference dtype "
+              f"`{common.get('inference_dtype') or common.get('dtype')}` (the `common` params; each stage's "
+              "own params are folded below).", ""]
     lines += rollout_notes(protocols)
     libraries = sorted({lib for p in protocols.values() for lib in p.get("libraries", {})})
     rows = [[lib] + [protocols[s].get("libraries", {}).get(lib, "-") for s in protocols] for lib in libraries]
