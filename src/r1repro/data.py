@@ -246,8 +246,19 @@ def load_jsonl(path: Path | str, limit: int | None = None, offset: int = 0) -> l
 
 
 def load_subset(data_dir: Path | str, subset) -> list[dict]:
-    """The rows a params entry `{file, limit, offset}` selects from a file under `data_dir`."""
+    """The rows a params entry `{file | hub, limit, offset}` selects (a file under `data_dir`, or a dataset)."""
+    if subset.hub is not None:
+        from r1repro.hub_data import load_hub_questions
+
+        return _window(load_hub_questions(subset.hub), subset.limit, subset.offset, subset.source)
     return load_jsonl(Path(data_dir) / subset.file, subset.limit, subset.offset)
+
+
+def _window(rows: list[dict], limit: int | None, offset: int, source: str) -> list[dict]:
+    """Rows offset .. offset + limit, with the same error as load_jsonl for an offset past the end."""
+    if offset >= len(rows):
+        raise DataError(f"{source}: offset {offset} is past its {len(rows)} rows; lower the `offset`")
+    return rows[offset:offset + limit if limit is not None else None]
 
 
 def main(argv: list[str] | None = None) -> int:
