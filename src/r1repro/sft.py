@@ -15,9 +15,12 @@ What it guarantees:
 * Full fine-tune, or LoRA (PEFT) when `lora.enabled`; LoRA weights are merged into the saved model,
   so later stages load a plain transformers model.
 * Resumable: checkpoints go to `checkpoint_dir` (default `<output_dir>-checkpoints`) every
-  `save_steps`; a rerun resumes from the last complete one and continues at the step it reached. A
-  checkpoint is reused only when the run's fingerprint (model, data, and every setting except the
-  run length) matches, so a changed learning rate never continues a stale run.
+  `save_steps`; a rerun resumes from the last complete one (weights, optimizer and scheduler state,
+  RNG, step) and continues at the step it reached. A checkpoint is reused only when the run's
+  fingerprint (model path and a digest of its files, data, and every setting except the run length)
+  matches, so a changed learning rate or re-imported base model never continues a stale run.
+* With `reuse_finished` (the distill stage's students), a run whose final model is already in
+  `output_dir` with the same fingerprint and length is not trained again: its record is read back.
 * Atomic output: the final model is written to a temporary folder beside `output_dir` and renamed
   into place only after it is complete, so a failed run leaves the previous good model untouched.
 * Training metrics (loss, learning rate, grad norm, ...) go to a DVCLive folder at the trainer's
@@ -139,6 +142,23 @@ def dataset_digest(dataset: Any) -> str:
     return digest.hexdigest()
 
 
+def model_digest(model: str) -> str | None:
+    """sha256 over the files of a local model folder (names and bytes); None for a hub id.
+
+    The path alone does not identify the weights: models/base may be re-imported, a student built
+    from a config is rebuilt in the same folder. Hashing costs about 1 s per GB.
+    """
+    folder = Path(model)
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with path.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
 def last_checkpoint(checkpoint_dir: Path | str) -> Path | None:
     """The complete checkpoint with the highest step, or None.
 
@@ -178,6 +198,22 @@ def resume_point(checkpoint_dir: Path | str, fingerprint: dict) -> Path | None:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(record, fingerprint)
     return last_checkpoint(checkpoint_dir)
+
+
+def _finished_record(output_dir: Path, fingerprint: dict, settings: TrainSettings) -> dict | None:
+    """The record of a final model in `output_dir` made by this run (same fingerprint and length), or None.
+
+    The record is written into the final model's staging folder, which is renamed into place whole:
+    a record that is there belongs to a complete model.
+    """
+    path = output_dir / TRAINING_RECORD
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    expected = json.loads(json.dumps(fingerprint))  # the record went through JSON too
+    same_run = all(record.get(key) == value for key, value in expected.items())
+    same_length = (record.get("epochs"), record.get("max_steps")) == (settings.epochs, settings.max_steps)
+    return record if same_run and same_length else None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -270,6 +306,8 @@ class SftResult:
         runtime_s: wall time of `trainer.train`.
         examples: training examples.
         truncated: examples cut at `max_length` (their end-of-turn token is lost).
+        reused: the final model was already there from an earlier, finished run (`reuse_finished`);
+            nothing was trained, and losses and runtime are empty.
     """
 
     output_dir: Path
@@ -280,6 +318,7 @@ class SftResult:
     runtime_s: float = 0.0
     examples: int = 0
     truncated: int = 0
+    reused: bool = False
 
 
 def _as_dataset(dataset: Any):
@@ -404,7 +443,8 @@ def _train(job: dict[str, Any], callbacks: Sequence[TrainerCallback] = ()):
               "runtime_s": time.perf_counter() - started, "examples": len(job["rows"]),
               "truncated": _count_truncated(trainer, settings.max_length)}
     record = {**job["record"], "global_step": trainer.state.global_step, "epochs": settings.epochs,
-              "max_steps": settings.max_steps}
+              "max_steps": settings.max_steps, "train_loss": fields["train_loss"],
+              "examples": fields["examples"], "truncated": fields["truncated"]}
     return trainer, fields, record
 
 
@@ -430,7 +470,7 @@ def train_sft(dataset: Any, model: str, output_dir: Path | str, settings: TrainS
               checkpoint_dir: Path | str | None = None, live_dir: Path | str | None = None,
               device: str = "auto", trust_remote_code: bool = False, keep_checkpoints: bool = False,
               callbacks: Sequence[TrainerCallback] = (), progress: bool = True,
-              launch: Launch | None = None) -> SftResult:
+              launch: Launch | None = None, reuse_finished: bool = False) -> SftResult:
     """Fine-tune `model` on a prompt/completion dataset and save the result to `output_dir`.
 
     Args:
@@ -447,6 +487,8 @@ def train_sft(dataset: Any, model: str, output_dir: Path | str, settings: TrainS
         progress: show tqdm progress bars.
         launch: train in several processes under `accelerate launch` (`Launch.from_common`);
             None trains in this process.
+        reuse_finished: when `output_dir` already holds the final model of this very run (same
+            fingerprint and length), return its record instead of training again.
 
     Returns:
         An `SftResult`.
@@ -460,26 +502,46 @@ def train_sft(dataset: Any, model: str, output_dir: Path | str, settings: TrainS
     output_dir = Path(output_dir)
     checkpoint_dir = Path(checkpoint_dir or output_dir.with_name(output_dir.name + "-checkpoints"))
     rows = _as_dataset(dataset)
-    fingerprint = {"model": str(model), "data": dataset_digest(rows), "settings": settings.identity(),
+    fingerprint = {"model": str(model), "model_digest": model_digest(str(model)),
+                   "data": dataset_digest(rows), "settings": settings.identity(),
                    # Checkpoints of another process layout are not resumed (their data order differs).
                    **({"launch": launch.identity()} if launch else {})}
-    resume = resume_point(checkpoint_dir, fingerprint)
-    job = {"rows": rows, "model": str(model), "checkpoint_dir": str(checkpoint_dir),
-           "settings": settings.to_json(), "resume": str(resume) if resume else None,
-           "live_dir": str(live_dir) if live_dir else None, "device": device,
-           "trust_remote_code": trust_remote_code, "progress": progress, "record": fingerprint}
+    finished = _finished_record(output_dir, fingerprint, settings) if reuse_finished else None
+    if finished is not None:
+        logger.info("%s: already trained by this run (step %d); not training again", output_dir,
+                    finished["global_step"])
+        fields = {"global_step": finished["global_step"], "start_step": finished["global_step"],
+                  "train_loss": finished.get("train_loss"), "examples": finished.get("examples", len(rows)),
+                  "truncated": finished.get("truncated", 0), "reused": True}
+    else:
+        resume = resume_point(checkpoint_dir, fingerprint)
+        job = {"rows": rows, "model": str(model), "checkpoint_dir": str(checkpoint_dir),
+               "settings": settings.to_json(), "resume": str(resume) if resume else None,
+               "live_dir": str(live_dir) if live_dir else None, "device": device,
+               "trust_remote_code": trust_remote_code, "progress": progress, "record": fingerprint}
+        fields = _run_job_here_or_launched(job, output_dir, settings, callbacks, launch)
+    if not keep_checkpoints:  # also after a reused run: a kill may have come before this cleanup
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return SftResult(output_dir=output_dir, **fields)
+
+
+def _run_job_here_or_launched(job: dict[str, Any], output_dir: Path, settings: TrainSettings,
+                              callbacks: Sequence[TrainerCallback], launch: Launch | None) -> dict[str, Any]:
+    """Train a job in this process, or in launched processes; the final model replaces `output_dir`.
+
+    Returns:
+        The `SftResult` fields but output_dir.
+    """
     if launch is None:
         trainer, fields, record = _train(job, callbacks)
         _save_final(trainer, output_dir, record)
-    else:
-        _check_launch(launch, settings, callbacks)
-        with staged_dir(output_dir) as tmp:  # replaced only if every process finished
-            report = launch.run("sft", {**job, "rows": rows.to_list(), "final_dir": str(tmp)})
-        fields = {key: value for key, value in report.items() if key in SftResult.__dataclass_fields__}
-        fields["losses"] = [tuple(pair) for pair in fields["losses"]]  # JSON made the pairs lists
-    if not keep_checkpoints:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return SftResult(output_dir=output_dir, **fields)
+        return fields
+    _check_launch(launch, settings, callbacks)
+    with staged_dir(output_dir) as tmp:  # replaced only if every process finished
+        report = launch.run("sft", {**job, "rows": job["rows"].to_list(), "final_dir": str(tmp)})
+    fields = {key: value for key, value in report.items() if key in SftResult.__dataclass_fields__}
+    fields["losses"] = [tuple(pair) for pair in fields["losses"]]  # JSON made the pairs lists
+    return fields
 
 
 def train_from_params(dataset: Any, cfg: SftParams, common: CommonParams, *,
