@@ -388,6 +388,7 @@ class DistillParams(Section):
     max_length: int = Field(512, ge=16)
     lora: LoraParams = LoraParams()
     eval_sampling: SamplingParams = SamplingParams(max_new_tokens=128)
+    save_steps: int = Field(10, ge=1, description="optimizer steps between a student's resumable checkpoints")
 
     @field_validator("students", mode="before")
     @classmethod
