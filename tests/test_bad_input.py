@@ -7,7 +7,8 @@ Covered elsewhere, not repeated here:
 - k > n: test_metrics (pass_at_k names k and n and says to draw at least k samples)
 - temperature < 0: test_config.test_bad_value_is_named, test_negative_sampling_temperature_is_refused
 - missing model folder, hub id with HF_HUB_OFFLINE=1 (loaders): test_modeling
-- dataset file missing / empty / not JSON / rows lacking fields / not UTF-8 (loader): test_data
+- dataset file missing / empty / not JSON / rows lacking fields / not UTF-8 (loader): test_data;
+  here, that each names the params key it was loaded for
 - chat template missing on a tokenizer: test_templates.test_chat_template_missing_is_explained
 - a failed atomic write (fsync): test_io.test_failed_write_keeps_old_file
 
@@ -29,8 +30,9 @@ import pytest
 import yaml
 
 from r1repro import config, io, modeling
-from r1repro.config import CommonParams, load_params
-from r1repro.data import DataError, load_jsonl
+from r1repro.config import BenchmarkSubset, CommonParams, load_params
+from r1repro.data import DataError, load_jsonl, load_subset
+from r1repro.stage import NOTEBOOKS
 
 GOOD_METRICS = '{"good": 1}'
 
@@ -145,16 +147,112 @@ def test_stage_with_a_missing_dataset_file_keeps_results(scratch: Path, data_dir
     shutil.copytree(data_dir, scratch / "data")
     result = _cli(["r1repro.stage", "probe"], scratch)
     assert result.returncode == 1
-    assert "train/nope.jsonl: dataset file not found" in result.stderr
+    assert "probe.questions.file: data/train/nope.jsonl: dataset file not found" in result.stderr
     assert "python -m r1repro.data fetch" in result.stderr and "params.yaml" in result.stderr
     _results_untouched(scratch)
+
+
+@pytest.mark.slow
+def test_stage_with_rows_lacking_a_field_names_the_key(scratch: Path, data_dir: Path) -> None:
+    """Through the rl notebook: the error says which params entry (rl.prompts) points at the bad file."""
+    shutil.copytree(data_dir, scratch / "data")
+    (scratch / "data" / "train" / "no_answers.jsonl").write_text('{"problem": "1 + 1?"}\n')
+    _edit_params(scratch, lambda p: p["rl"]["prompts"].update(file="train/no_answers.jsonl"))
+    result = _cli(["r1repro.stage", "rl"], scratch)
+    assert result.returncode == 1
+    assert ("rl.prompts.file: data/train/no_answers.jsonl:1: row lacks answer "
+            "(fix: every row needs `problem` and `answer`)") in result.stderr, result.stderr[-3000:]
+    _results_untouched(scratch)
+
+
+def _subset_entries(params) -> dict[str, BenchmarkSubset]:
+    """Every dataset entry of the params, by dotted key (`evaluate.benchmarks.<name>` included)."""
+    entries = {}
+    for stage in config.STAGES:
+        for name, value in getattr(params, stage):
+            found = value.items() if isinstance(value, dict) else [(None, value)]
+            for label, subset in found:
+                if isinstance(subset, BenchmarkSubset):
+                    entries[".".join(filter(None, [stage, name, label]))] = subset
+    return entries
+
+
+BAD_DATASETS = [
+    # (what is wrong, file content or None for no file, what the message says after the key and path)
+    ("missing", None, ": dataset file not found (fix: run `python -m r1repro.data fetch`, or correct "
+                      "`{key}.file` in params.yaml)"),
+    ("empty", b"", ": no rows; the file is empty (fix: fill it, or point `{key}.file` at another file)"),
+    ("not JSON", b'{"problem": "1+1"\n', ":1: not valid JSON"),
+    ("lacking fields", b'{"problem": "1+1"}\n', ":1: row lacks answer (fix: every row needs `problem` and "
+                                                "`answer`)"),
+]
+
+
+@pytest.mark.parametrize(("what", "content", "expected"), BAD_DATASETS, ids=[case[0] for case in BAD_DATASETS])
+def test_every_dataset_entry_is_named_in_data_errors(tmp_path: Path, repo_root: Path, what: str,
+                                                     content: bytes | None, expected: str) -> None:
+    entries = {}
+    for profile in (None, "smoke", "gpu"):
+        entries.update(_subset_entries(load_params(repo_root, profile=profile)))
+    assert {key.split(".")[0] for key in entries} == set(config.STAGES)  # every dataset-using section
+    for key, subset in entries.items():
+        data_dir = tmp_path / key
+        path = data_dir / subset.file
+        if content is not None:
+            path.parent.mkdir(parents=True)
+            path.write_bytes(content)
+        with pytest.raises(DataError) as err:
+            load_subset(data_dir, subset, key=key)
+        assert str(err.value).startswith(f"{key}.file: {path}{expected.format(key=key)}"), str(err.value)
+
+
+def test_offset_past_the_end_names_the_offset_key(tmp_path: Path) -> None:
+    (tmp_path / "rows.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
+    subset = BenchmarkSubset(file="rows.jsonl", limit=2, offset=5)
+    with pytest.raises(DataError) as err:
+        load_subset(tmp_path, subset, key="sft.heldout")
+    assert str(err.value) == (f"sft.heldout.offset: {tmp_path / 'rows.jsonl'}: offset 5 is past its 1 rows "
+                              "(fix: lower `sft.heldout.offset`)")
+
+
+def _loader_calls(path: Path) -> list[str]:
+    """The argument lists of `load_subset(...)` calls in a module or a notebook's code cells."""
+    import json
+    import re
+
+    if path.suffix == ".ipynb":
+        cells = json.loads(path.read_text())["cells"]
+        text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    else:
+        text = path.read_text()
+    return re.findall(r"(?<!def )\bload_subset\(([^()]*)\)", text)
+
+
+def test_every_stage_loads_its_datasets_under_their_params_key(repo_root: Path) -> None:
+    """Each call passes `key=` naming the entry it loads: `cfg.prompts` in the rl stage is `rl.prompts`."""
+    import re
+
+    sources = {repo_root / "notebooks" / name: stage for stage, name in NOTEBOOKS.items()}
+    sources[repo_root / "src" / "r1repro" / "rl.py"] = "rl"
+    checked = 0
+    for path, stage in sources.items():
+        for args in _loader_calls(path):
+            key = re.search(r"key=f?\"([^\"]+)\"", args)
+            assert key, f"{path.name}: load_subset({args}) does not name its params key"
+            field = re.search(r"\bcfg\.(\w+)", args)
+            expected = f"{stage}.{field.group(1)}" if field else f"{stage}."
+            assert key.group(1).startswith(expected), f"{path.name}: {key.group(1)!r} for {args!r}"
+            checked += 1
+    assert checked >= 10
+    others = [p for p in (repo_root / "src" / "r1repro").glob("*.py") if p.name not in ("rl.py", "data.py")]
+    assert not [p.name for p in others if _loader_calls(p)]  # a new caller must be added above
 
 
 def test_offset_past_the_end_and_byte_order_mark(tmp_path: Path) -> None:
     path = tmp_path / "rows.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"problem": "1+1", "answer": "2"}\n')  # a BOM, as some editors write
     assert load_jsonl(path) == [{"problem": "1+1", "answer": "2"}]
-    with pytest.raises(DataError, match="offset 5 is past its 1 rows; lower the `offset`"):
+    with pytest.raises(DataError, match=r"offset 5 is past its 1 rows \(fix: lower the `offset:` entry\)"):
         load_jsonl(path, offset=5)
 
 

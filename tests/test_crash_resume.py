@@ -1,20 +1,24 @@
 """Crash and resume, end to end: `dvc repro` killed with SIGKILL mid-training, then run again.
 
-In a scratch copy on smoke params (4 SFT steps and 4 RL steps, a checkpoint after every step), the
-training stage is started with `dvc repro <stage>` in its own process group and killed, the whole
-tree at once, as soon as its first checkpoint is complete. A torn save is planted beside it (a
+In a scratch copy on smoke params (the smoke SFT steps, 4 RL steps, two tiny distill students; a
+checkpoint after every step), the training stage is started with `dvc repro <stage>` in its own
+process group and killed, the whole tree at once, as soon as its first checkpoint is complete (for
+distill: the second student's, the first being finished). A torn save is planted beside it (a
 checkpoint folder without its files, as a kill during saving leaves). The rerun must resume from the
-last complete checkpoint (not from step 0 and not from the torn one), finish the remaining steps
-and leave the final model and results; the stage's results stay the old ones until then.
+last complete checkpoint (not from step 0 and not from the torn one) with its optimizer state,
+finish the remaining steps and leave the final model and results; a finished student is not trained
+again; the stage's results stay the old ones until then.
 
-Run: python -m pytest tests/test_crash_resume.py -q     (about 6-10 min on 2 cores)
+Run: python -m pytest tests/test_crash_resume.py -q     (about 8-12 min on 2 cores)
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,18 +27,31 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
+import yaml
 from repo_copy import make_copy, run
+from safetensors.torch import load_file
 
+from r1repro import distill as distillation
 from r1repro import rl as rl_training
 from r1repro import sft as sft_training
+from r1repro.cold_start import ColdStartExample
+from r1repro.config import validate
 
 pytestmark = pytest.mark.slow
 
 STEPS = 4
+TINY_QWEN2 = {"architecture": "qwen2", "tokenizer": "models/base", "note": "random init, test size",
+              "config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                         "num_key_value_heads": 2, "intermediate_size": 64}}
+STUDENTS = ("first_not_pretrained", "second_not_pretrained")
 OVERRIDES = {
-    # 4 training examples, batch 2, 2 epochs: 4 SFT steps; RL: 4 steps; a checkpoint after each.
-    "sft": {"save_steps": 1, "epochs": 2.0},
+    "sft": {"save_steps": 1},  # the smoke SFT (its steps: see sft_steps), a checkpoint after each
     "rl": {"max_steps": STEPS, "save_steps": 1},
+    # Two tiny students in turn, one trace per step, a checkpoint after each: the kill comes while
+    # the second trains, after the first has finished.
+    "distill": {"students": {label: TINY_QWEN2 for label in STUDENTS}, "batch_size": 1, "epochs": 4.0,
+                "save_steps": 1},
 }
 
 
@@ -92,22 +109,28 @@ def _plant_torn_save(checkpoints: Path, step: int) -> Path:
     return torn
 
 
+def _params(repo: Path):
+    return validate(yaml.safe_load((repo / "params.yaml").read_text()))
+
+
 def test_sft_killed_mid_training_resumes_from_its_last_checkpoint(repo: Path) -> None:
+    sft = _params(repo).sft
+    steps = math.ceil(sft.train_examples / sft.batch_size) * int(sft.epochs)  # at most: fewer may solve
     checkpoints = repo / "models" / "sft-checkpoints"
     _crash_after_first_checkpoint(repo, "sft", lambda: sft_training.last_checkpoint(checkpoints))
     reached = sft_training.last_checkpoint(checkpoints)
     step = int(reached.name.split("-")[-1])
-    assert 1 <= step < STEPS, f"the kill came too late to test resuming (step {step})"
+    assert 1 <= step < steps, f"the kill came too late to test resuming (step {step})"
     assert not (repo / "results" / "sft" / "metrics.json").exists()  # no results from a killed run
     _plant_torn_save(checkpoints, step + 1)
 
     run(["dvc", "repro", "sft"], repo)
     training = json.loads((repo / "results" / "sft" / "metrics.json").read_text())["training"]
     assert training["resumed_from_step"] == step  # the complete checkpoint, not the torn one
-    assert training["steps"] == STEPS
+    assert step < training["steps"] <= steps
     assert (repo / "models" / "sft" / "model.safetensors").is_file()
     record = json.loads((repo / "models" / "sft" / sft_training.TRAINING_RECORD).read_text())
-    assert record["global_step"] == STEPS
+    assert record["global_step"] == training["steps"]
     assert not checkpoints.exists()  # removed once the run finished (sft.keep_checkpoints: false)
 
 
@@ -142,3 +165,69 @@ def test_rl_killed_mid_training_resumes_with_step_and_optimizer(repo: Path) -> N
         assert metrics["runs"][run_name]["steps"] == STEPS
         assert (repo / "models" / "rl" / run_name / "final" / "model.safetensors").is_file()
     assert "up to date" in run(["dvc", "status", "rl"], repo).stdout
+
+
+def _train_student_here(repo: Path, label: str, out: Path, monkeypatch: pytest.MonkeyPatch,
+                        checkpoints: Path | None = None) -> tuple[int, dict[str, torch.Tensor]]:
+    """Train `label` in this process as the stage does (its traces, its starting weights), into `out`;
+    from step 0, or resumed from a copy of `checkpoints`. Returns (start step, final weights)."""
+    monkeypatch.chdir(repo)  # the stage ran here: its paths (and so its fingerprints) are relative
+    params = _params(repo)
+    cfg = params.distill.model_copy(update={"output_dir": str(out)})
+    if checkpoints is not None:
+        shutil.copytree(checkpoints, out / f"{label}-checkpoints")
+    rows = (repo / "results" / "distill" / "traces.jsonl").read_text().splitlines()
+    traces = [ColdStartExample(**json.loads(row)) for row in rows]
+    start = f"{params.distill.output_dir}/{label}-init"
+    result = distillation.train_student(label, start, traces, cfg, params.common)
+    return result.start_step, load_file(out / label / "model.safetensors")
+
+
+def test_distill_killed_mid_student_resumes_it_and_keeps_the_finished_one(
+        repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run(["dvc", "repro", "rl"], repo)  # the teacher's stages, when run alone (no-op after the RL test)
+    distill_dir = repo / "models" / "distill"
+    first, second = (distill_dir / label for label in STUDENTS)
+    checkpoints = distill_dir / f"{STUDENTS[1]}-checkpoints"
+    _crash_after_first_checkpoint(repo, "distill", lambda: sft_training.last_checkpoint(checkpoints))
+    reached = sft_training.last_checkpoint(checkpoints)
+    step = int(reached.name.split("-")[-1])
+    assert (first / "model.safetensors").is_file() and not second.exists()
+    assert (reached / "optimizer.pt").is_file() and (reached / "scheduler.pt").is_file()
+    assert not (repo / "results" / "distill" / "metrics.json").exists()
+    first_file = (first / "model.safetensors").stat()
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(checkpoints, snapshot)  # as the kill left it, for the optimizer check below
+    torn = _plant_torn_save(checkpoints, step + 1)
+
+    run(["dvc", "repro", "distill"], repo)
+    students = json.loads((repo / "results" / "distill" / "metrics.json").read_text())["students"]
+    total = students[STUDENTS[1]]["steps"]
+    assert 1 <= step < total, f"the kill came too late to test resuming (step {step} of {total})"
+    # The finished student was read back, not trained again: same file, same record.
+    assert students[STUDENTS[0]]["reused"] is True and students[STUDENTS[0]]["steps"] == total
+    after = (first / "model.safetensors").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (first_file.st_ino, first_file.st_mtime_ns)
+    # The second resumed from the complete checkpoint, not from step 0 and not from the torn save.
+    assert students[STUDENTS[1]]["resumed_from_step"] == step and students[STUDENTS[1]]["reused"] is False
+    table = (repo / "results" / "distill" / "live" / STUDENTS[1] / "plots" / "metrics" / "train" / "loss.tsv")
+    header, *rows = [line.split("\t") for line in table.read_text().splitlines()]
+    assert [int(row[header.index("step")]) for row in rows] == list(range(step + 1, total + 1))  # step goes on
+    record = json.loads((second / sft_training.TRAINING_RECORD).read_text())
+    assert record["global_step"] == total
+    assert not checkpoints.exists() and not torn.exists()  # removed once the student finished
+    for label in STUDENTS:
+        assert students[label]["after"]["n"] > 0 and (distill_dir / label / "model.safetensors").is_file()
+
+    # Optimizer state restored: the resumed student ends with the weights of a run never killed,
+    # and resuming from the same checkpoint without its optimizer.pt does not.
+    resumed = load_file(second / "model.safetensors")
+    started, uninterrupted = _train_student_here(repo, STUDENTS[1], tmp_path / "reference", monkeypatch)
+    assert started == 0 and resumed.keys() == uninterrupted.keys()
+    assert all(torch.allclose(resumed[k], uninterrupted[k], rtol=0, atol=1e-6) for k in resumed)
+    (snapshot / reached.name / "optimizer.pt").unlink()
+    started, fresh_adam = _train_student_here(repo, STUDENTS[1], tmp_path / "no_optimizer", monkeypatch,
+                                              snapshot)
+    assert started == step
+    assert not all(torch.allclose(fresh_adam[k], uninterrupted[k], rtol=0, atol=1e-6) for k in resumed)
+    assert "up to date" in run(["dvc", "status", "distill"], repo).stdout

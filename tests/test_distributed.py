@@ -129,12 +129,13 @@ def test_params_name_bad_launch_settings(repo_root: Path) -> None:
 
 def test_the_gpu_profiles_commented_multi_gpu_example_validates(repo_root: Path) -> None:
     text = (repo_root / "profiles" / "gpu.yaml").read_text()
-    example = re.sub(r"^(\s*)# ( *(num_processes|accelerate_config|rl|micro_batch_size):.*)$", r"\1\2", text,
+    example = re.sub(r"^(\s*)# ( *(num_processes|accelerate_config):.*)$", r"\1\2", text,
                      flags=re.MULTILINE)  # the example's lines, uncommented as the comment says
     assert example != text
     params = validate(deep_merge(yaml.safe_load((repo_root / "params.yaml").read_text()), yaml.safe_load(example)))
     assert params.common.num_processes == 8 and (repo_root / params.common.accelerate_config).is_file()
-    assert params.rl.micro_batch_size is None
+    per_process = params.rl.prompts_per_step * params.rl.num_generations // params.common.num_processes
+    assert per_process % params.rl.micro_batch_size == 0
 
 
 def test_launch_from_common_checks_before_starting_anything(tmp_path: Path, two_processes) -> None:

@@ -481,7 +481,9 @@ def test_works_from_a_script_without_main_guard():
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
 
-def test_works_inside_a_jupyter_kernel():
+def test_works_inside_a_jupyter_kernel(capfd):
+    """Also: interrupting the kernel (SIGINT to its process group, as its shutdown does) leaves no
+    traceback from the workers (they write to the kernel's stderr, this process's), and they go on."""
     manager = pytest.importorskip("jupyter_client.manager")
     kernel, client = manager.start_new_kernel(kernel_name="python3")
     try:
@@ -496,11 +498,103 @@ def test_works_inside_a_jupyter_kernel():
                 streams.append(message["content"]["text"])
 
         reply = client.execute_interactive(code, timeout=120, output_hook=keep_stream)
+        kernel.interrupt_kernel()
+        time.sleep(2)  # time for a worker to print a traceback, if it would
+        again = client.execute_interactive(code, timeout=120, output_hook=keep_stream)
     finally:
         client.stop_channels()
         kernel.shutdown_kernel(now=True)
-    assert reply["content"]["status"] == "ok"
-    assert "VERDICT True False" in "".join(streams)
+    assert reply["content"]["status"] == again["content"]["status"] == "ok"
+    assert "".join(streams).count("VERDICT True False") == 2
+    errors = capfd.readouterr().err
+    assert "KeyboardInterrupt" not in errors and "Traceback" not in errors, errors
+
+
+# --------------------------------------------------------------------------------------------------
+# Interrupts meant for the caller (a kernel's shutdown sends SIGINT to its whole process group)
+
+# A parent that, like a Jupyter kernel, survives SIGINT; it interrupts its own process group while its
+# workers start, while they idle and while one computes, then prints its workers' pids and waits.
+_INTERRUPTED_PARENT = textwrap.dedent(
+    r"""
+    import os, signal, sys, threading, time
+    from r1repro import grading
+
+    signal.signal(signal.SIGINT, lambda *_: None)
+    clients = grading._shared_pool().clients(2)
+    for client in clients:
+        client._start()  # spawned; still importing math_verify when the interrupt comes
+    os.killpg(0, signal.SIGINT)
+    print(grading.grade_many([r"\boxed{0.5}", r"\boxed{3}"], [r"\frac{1}{2}", "4"], workers=2,
+                             progress=False), flush=True)
+    os.killpg(0, signal.SIGINT)  # both idle, waiting for a request
+    pids = [client._process.pid for client in clients]
+    threading.Timer(0.3, os.killpg, (0, signal.SIGINT)).start()  # one busy in sympy
+    started = time.perf_counter()
+    print(grading.is_correct(r"\boxed{9^{9^{9^{9}}}}", "5", timeout_s=1.0),
+          round(time.perf_counter() - started, 1), flush=True)
+    print(grading.is_correct(r"\boxed{0.25}", r"\frac{1}{4}"), flush=True)
+    assert [client._process.pid for client in clients] == pids, "a worker was replaced"
+    print(*pids, flush=True)
+    if sys.argv[1] == "wait":
+        time.sleep(600)  # until the test kills this process
+    """
+)
+
+
+def _start_interrupted_parent(mode: str) -> tuple[subprocess.Popen, list[str], list[int]]:
+    """Run `_INTERRUPTED_PARENT` in a session of its own (its SIGINTs reach only it and its workers);
+    return the process, its first four output lines and its worker pids."""
+    parent = subprocess.Popen([sys.executable, "-c", _INTERRUPTED_PARENT, mode], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = [parent.stdout.readline().strip() for _ in range(4)]
+    pids = [int(pid) for pid in lines[-1].split()] if lines[-1] else []
+    return parent, lines, pids
+
+
+def _gone(pids: list[int], timeout_s: float = 15.0) -> bool:
+    """Whether every pid has exited (a zombie awaiting its reaper counts) within `timeout_s`."""
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                alive += [pid] if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE else []
+            except psutil.NoSuchProcess:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_workers_ignore_interrupts_meant_for_their_caller():
+    """SIGINT to the caller's process group, with workers starting, idle and busy: no traceback, no
+    worker lost, the soft time bound still ends the busy one (same pid), and the workers exit with
+    their caller."""
+    parent, lines, pids = _start_interrupted_parent("exit")
+    _, stderr = parent.communicate(timeout=120)
+    assert parent.returncode == 0, stderr
+    assert lines[0] == "[True, False]"
+    verdict, seconds = lines[1].split()
+    assert verdict == "False" and float(seconds) < 1.0 + SLACK_S  # soft timer, not the hard kill
+    assert lines[2] == "True" and len(pids) == 2
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert _gone(pids)
+
+
+def test_workers_exit_when_their_caller_is_killed():
+    """No finalizer runs after SIGKILL: the closed pipe alone ends the workers, quietly."""
+    parent, lines, pids = _start_interrupted_parent("wait")
+    try:
+        assert len(pids) == 2, lines
+    finally:
+        parent.kill()
+        _, stderr = parent.communicate(timeout=60)
+    assert _gone(pids)
+    assert "Traceback" not in stderr, stderr
 
 
 # --------------------------------------------------------------------------------------------------

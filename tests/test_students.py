@@ -2,7 +2,8 @@
 
 Checked: a student built from a config is a Qwen2 with the teacher tokenizer's vocabulary and EOS,
 stops generating at `<|im_end|>`, is changed by a few SFT steps through the same path as a pretrained
-student, and carries "not_pretrained" in its label; bad student entries are named; the distill-vs-RL
+student, and carries "not_pretrained" in its label; a finished student is not trained again by the same
+run (a rerun after a kill) but is by a changed one; bad student entries are named; the distill-vs-RL
 table's verdict follows the numbers either way and a missing model gives a "not run" line.
 
     pytest tests/test_students.py -q
@@ -11,6 +12,7 @@ table's verdict follows the numbers either way and a missing model gives a "not 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import get_args
 
@@ -90,18 +92,46 @@ def test_scratch_student_is_seeded(scratch: Path, tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _traces() -> list[ColdStartExample]:
+    return [ColdStartExample(str(i), q, a, f"<think>\n{work}.\n</think>\n<answer>\\boxed{{{a}}}</answer>",
+                             "teacher") for i, (q, work, a) in enumerate(QUESTIONS)]
+
+
 @needs_base
 def test_sft_steps_change_every_parameter_of_the_scratch_student(scratch: Path, tmp_path: Path) -> None:
-    examples = [ColdStartExample(str(i), q, a, f"<think>\n{work}.\n</think>\n<answer>\\boxed{{{a}}}</answer>",
-                                 "teacher") for i, (q, work, a) in enumerate(QUESTIONS)]
     cfg = DistillParams(output_dir=str(tmp_path), epochs=1.0, batch_size=2, learning_rate=1e-2)
-    result = distill.train_student("qwen2_scratch_not_pretrained", str(scratch), examples, cfg,
+    result = distill.train_student("qwen2_scratch_not_pretrained", str(scratch), _traces(), cfg,
                                    CommonParams(device="cpu"))
     before = dict(AutoModelForCausalLM.from_pretrained(scratch).named_parameters())
     after = dict(AutoModelForCausalLM.from_pretrained(result.output_dir).named_parameters())
     assert result.global_step == 2 and result.output_dir == tmp_path / "qwen2_scratch_not_pretrained"
     assert before.keys() == after.keys()
     assert not [name for name in before if torch.equal(before[name], after[name])]
+
+
+@needs_base
+def test_a_finished_student_is_reused_only_by_the_same_run(scratch: Path, tmp_path: Path) -> None:
+    """A rerun (after a kill) skips a student whose final model this very run wrote; other settings,
+    or other starting weights under the same path, train it again."""
+    start = tmp_path / "init"
+    shutil.copytree(scratch, start)
+    cfg = DistillParams(output_dir=str(tmp_path / "out"), epochs=1.0, batch_size=2, learning_rate=1e-2,
+                        save_steps=1)
+    common = CommonParams(device="cpu")
+    first = distill.train_student("s_not_pretrained", str(start), _traces(), cfg, common)
+    weights = tmp_path / "out" / "s_not_pretrained" / "model.safetensors"
+    written = weights.stat().st_mtime_ns
+    again = distill.train_student("s_not_pretrained", str(start), _traces(), cfg, common)
+    assert (first.reused, again.reused) == (False, True)
+    assert again.global_step == again.start_step == first.global_step == 2 and again.train_loss == first.train_loss
+    assert weights.stat().st_mtime_ns == written  # read back, not written again
+    assert not (tmp_path / "out" / "s_not_pretrained-checkpoints").exists()
+    changed = cfg.model_copy(update={"learning_rate": 5e-3})
+    assert not distill.train_student("s_not_pretrained", str(start), _traces(), changed, common).reused
+    assert distill.train_student("s_not_pretrained", str(start), _traces(), changed, common).reused
+    spec = StudentSpec(architecture="qwen2", config=TINY, tokenizer=str(BASE))
+    distill.build_scratch_student(spec, start, "r1_chat", seed=1)  # same path, other weights
+    assert not distill.train_student("s_not_pretrained", str(start), _traces(), changed, common).reused
 
 
 def test_prepare_student_passes_pretrained_weights_through(tmp_path: Path) -> None:

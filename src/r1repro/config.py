@@ -121,15 +121,45 @@ class ModelImportParams(Section):
     label: str = "SmolLM2-135M-Instruct"
 
 
+class HubQuestions(Section):
+    """Questions from a `datasets` dataset: a hub id, or a local dataset folder or file (offline use).
+
+    The columns are mapped onto `problem` and `answer`; `where` keeps rows whose column value is listed
+    (e.g. MATH's `level: [Level 3, Level 4, Level 5]`); `answer_in_boxed` takes the answer from the last
+    `\\boxed{}` of a worked-solution column (MATH gives solutions, not bare answers).
+    """
+
+    id: str = Field(description="hub id (e.g. DigitalLearningGmbH/MATH-lighteval) or a local path")
+    config: str | None = None
+    split: str = "train"
+    problem: str = Field("problem", description="column holding the question")
+    answer: str = Field("answer", description="column holding the answer (or the solution)")
+    answer_in_boxed: bool = False
+    where: dict[str, list[str | int]] = {}
+
+
 class BenchmarkSubset(Section):
-    """A question file under data/, and which of its rows to use: `limit` rows from `offset` on.
+    """A question file under data/ (or a `hub` dataset), and which rows to use: `limit` from `offset` on.
 
     Offsets keep splits disjoint: training prompts from the start of a file, held-out ones from later.
     """
 
-    file: str
+    file: str | None = Field(None, description="a JSONL file under common.data_dir")
+    hub: HubQuestions | None = Field(None, description="instead of `file`: a datasets dataset")
     limit: int | None = Field(None, ge=1, description="rows to use (None: all)")
     offset: int = Field(0, ge=0, description="rows to skip first")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "BenchmarkSubset":
+        if (self.file is None) == (self.hub is None):
+            raise ValueError("give exactly one of `file` (a JSONL file under data/) and `hub` (a dataset id "
+                             "or local dataset path)")
+        return self
+
+    @property
+    def source(self) -> str:
+        """What the rows come from, for messages and tables."""
+        return self.file if self.file is not None else f"hub:{self.hub.id}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -192,11 +222,11 @@ class SftParams(Section):
     @model_validator(mode="after")
     def _check(self) -> "SftParams":
         a, b = self.train_questions, self.heldout
-        if a.file == b.file:
+        if a.source == b.source:
             a_end = a.offset + a.limit if a.limit else float("inf")
             b_end = b.offset + b.limit if b.limit else float("inf")
             if a.offset < b_end and b.offset < a_end:
-                raise ValueError(f"sft.train_questions and sft.heldout share rows of {a.file}: "
+                raise ValueError(f"sft.train_questions and sft.heldout share rows of {a.source}: "
                                  "give them disjoint offset/limit ranges")
         return self
 
@@ -358,6 +388,7 @@ class DistillParams(Section):
     max_length: int = Field(512, ge=16)
     lora: LoraParams = LoraParams()
     eval_sampling: SamplingParams = SamplingParams(max_new_tokens=128)
+    save_steps: int = Field(10, ge=1, description="optimizer steps between a student's resumable checkpoints")
 
     @field_validator("students", mode="before")
     @classmethod

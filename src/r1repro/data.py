@@ -203,25 +203,48 @@ def record(root: Path | None = None) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-def load_jsonl(path: Path | str, limit: int | None = None, offset: int = 0) -> list[dict]:
+class _Source:
+    """Names a dataset in error messages: the params key it was loaded for (when known), then the file.
+
+    A stage reads each file through a params entry such as `rl.prompts: {file, limit, offset}`;
+    naming that key tells the reader which line of params.yaml to fix, not only which file is bad.
+    """
+
+    def __init__(self, path: Path, key: str | None) -> None:
+        self.path, self.key = path, key
+
+    def error(self, problem: str, fix: str, field: str = "file", line: int | None = None) -> DataError:
+        """A DataError `<key>.<field>: <path>[:<line>]: <problem> (fix: <fix>)`."""
+        where = f"{self.path}:{line}" if line else str(self.path)
+        head = f"{self.key}.{field}: {where}" if self.key else where
+        return DataError(f"{head}: {problem} (fix: {fix})")
+
+    def entry(self, field: str = "file") -> str:
+        """The params entry to edit, for the fix text."""
+        return f"`{self.key}.{field}`" if self.key else f"the `{field}:` entry"
+
+
+def load_jsonl(path: Path | str, limit: int | None = None, offset: int = 0, *,
+               key: str | None = None) -> list[dict]:
     """Read a question file; every row must be a JSON object with `problem` and `answer`.
 
     Args:
         path: the JSONL file.
         limit: at most this many rows (None: all).
         offset: rows to skip first (to keep training and held-out splits disjoint).
+        key: the params entry the file was named by (e.g. "rl.prompts"), named first in errors.
 
-    Raises DataError naming the file (and line) when it is missing, empty, not UTF-8, not JSON,
-    or has rows without the required fields.
+    Raises DataError naming the params key (when given), the file (and line) and the fix when the
+    file is missing, empty, not UTF-8, not JSON, or has rows without the required fields.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: dataset file not found; run `python -m r1repro.data fetch` "
-                        "or fix the `file:` entry in params.yaml")
+    source = _Source(Path(path), key)
+    if not source.path.is_file():
+        raise source.error("dataset file not found", "run `python -m r1repro.data fetch`, or correct "
+                           f"{source.entry()} in params.yaml")
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some editors add one) is fine
+        text = source.path.read_text(encoding="utf-8-sig")  # a byte-order mark (some editors add one) is fine
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err}); re-save the file as UTF-8") from err
+        raise source.error(f"not UTF-8 text ({err})", "re-save the file as UTF-8") from err
     rows = []
     # split on newlines only: str.splitlines would also split inside strings at U+2028 and friends
     for number, line in enumerate(text.split("\n"), start=1):
@@ -230,24 +253,50 @@ def load_jsonl(path: Path | str, limit: int | None = None, offset: int = 0) -> l
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: not valid JSON ({err.msg}); one object per line") from err
+            raise source.error(f"not valid JSON ({err.msg})", "one JSON object per line",
+                               line=number) from err
         missing = [f for f in REQUIRED_FIELDS if not isinstance(row, dict) or f not in row]
         if missing:
-            raise DataError(f"{path}:{number}: row lacks {', '.join(missing)}; "
-                            "every row needs `problem` and `answer`")
+            raise source.error(f"row lacks {', '.join(missing)}", "every row needs `problem` and `answer`",
+                               line=number)
         rows.append(row)
         if limit is not None and len(rows) >= offset + limit:
             break
     if not rows:
-        raise DataError(f"{path}: no rows; the file is empty")
+        raise source.error("no rows; the file is empty", f"fill it, or point {source.entry()} at another file")
     if offset >= len(rows):
-        raise DataError(f"{path}: offset {offset} is past its {len(rows)} rows; lower the `offset`")
+        raise source.error(f"offset {offset} is past its {len(rows)} rows", f"lower {source.entry('offset')}",
+                           field="offset")
     return rows[offset:]
 
 
-def load_subset(data_dir: Path | str, subset) -> list[dict]:
-    """The rows a params entry `{file, limit, offset}` selects from a file under `data_dir`."""
-    return load_jsonl(Path(data_dir) / subset.file, subset.limit, subset.offset)
+def load_subset(data_dir: Path | str, subset, key: str | None = None) -> list[dict]:
+    """The rows a params entry `{file | hub, limit, offset}` selects (a file under `data_dir`, or a dataset).
+
+    Args:
+        data_dir: the data folder (params `common.data_dir`).
+        subset: the entry (a `config.BenchmarkSubset`).
+        key: its dotted params key (e.g. "rl.prompts"), so that errors say which entry to fix.
+
+    Returns:
+        The selected rows.
+    """
+    if subset.hub is not None:
+        from r1repro.hub_data import load_hub_questions
+
+        try:
+            rows = load_hub_questions(subset.hub)
+        except DataError as err:
+            raise DataError(f"{key}.{err}" if key else str(err)) from err
+        return _window(rows, subset.limit, subset.offset, f"{key}.offset" if key else subset.source)
+    return load_jsonl(Path(data_dir) / subset.file, subset.limit, subset.offset, key=key)
+
+
+def _window(rows: list[dict], limit: int | None, offset: int, source: str) -> list[dict]:
+    """Rows offset .. offset + limit, with the same error as load_jsonl for an offset past the end."""
+    if offset >= len(rows):
+        raise DataError(f"{source}: offset {offset} is past its {len(rows)} rows; lower the `offset`")
+    return rows[offset:offset + limit if limit is not None else None]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ few traces gives a model that knows no language, not what distillation gives a p
     examples, stats = sample_traces(generator, tokenizer, rows, cfg, common)
     start = prepare_student("llama_smollm2", cfg.students["llama_smollm2"], cfg, common)
     result = train_student("llama_smollm2", start, examples, cfg, common, live_dir)
+    result.start_step, result.reused    # resumed from a checkpoint / already trained by this run
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ def train_student(label: str, student: str, examples: Sequence[cold_start.ColdSt
     The traces are rendered with the student's own tokenizer (its chat template and end-of-turn
     token), so a student of another family learns to stop where its own generation stops.
 
+    A killed stage loses little on its rerun: checkpoints go to `<cfg.output_dir>/<label>-checkpoints`
+    every `cfg.save_steps` and training resumes from the last complete one (`r1repro.sft`), and a
+    student whose final model this same run already wrote (same starting weights, traces and
+    settings) is not trained again (`SftResult.reused`).
+
     Args:
         label: the student's name (params `distill.students` key).
         student: hub id or local path of the student's starting weights.
@@ -115,10 +121,11 @@ def train_student(label: str, student: str, examples: Sequence[cold_start.ColdSt
     dataset = cold_start.to_sft_dataset(examples, cfg.template, tokenizer)
     settings = TrainSettings(epochs=cfg.epochs, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
                              max_length=cfg.max_length, lora=cfg.lora, seed=common.seed,
-                             bf16=TrainSettings.mixed_precision(common))
+                             save_steps=cfg.save_steps, bf16=TrainSettings.mixed_precision(common))
     return train_sft(dataset, student, Path(cfg.output_dir) / label, settings, live_dir=live_dir,
                      device=common.device, trust_remote_code=common.trust_remote_code,
-                     launch=Launch.from_common(common))  # several processes when common.num_processes > 1
+                     launch=Launch.from_common(common),  # several processes when common.num_processes > 1
+                     reuse_finished=True)
 
 
 def build_scratch_student(spec: StudentSpec, output_dir: Path | str, template: str, seed: int,

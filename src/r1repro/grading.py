@@ -36,6 +36,14 @@ so a runaway allocation becomes a MemoryError instead of swapping the machine. S
 1.5 s of imports, on first use and after a kill) is not counted against `timeout_s`. `grade_many` runs
 `workers` such processes, each driven by one caller thread. Workers exit when their caller does.
 
+Signals. A worker ignores SIGINT: its caller manages it, and an interrupt meant for the caller (a Jupyter
+kernel is interrupted, and shut down, with SIGINT to its whole process group) must not print a
+`KeyboardInterrupt` traceback from every worker or kill one mid-startup. The caller blocks SIGINT in the
+starting thread while it spawns a worker, so the worker is born with it blocked and an interrupt that
+arrives before the worker's first line is held, then discarded when the worker ignores it. SIGALRM
+(the soft timer) is left alone, and SIGTERM and SIGKILL end a worker as before. A worker whose caller
+is gone (its pipe closed) returns quietly.
+
 Safety. Model text never reaches Python's `eval`: math_verify's plain-expression extractor (which hands
 text to sympy's `parse_expr`, an `eval` of transformed strings) is not used; LaTeX goes through the ANTLR
 grammar of latex2sympy; golds are read with `ast.literal_eval`. Inside the worker, `parse_expr` itself is
@@ -454,26 +462,55 @@ def _worker_main(read_fd: int, write_fd: int) -> None:
         read_fd: pipe end carrying requests `{"pairs": [[gold, pred], ...], "symmetric": bool, "timeout": s}`.
         write_fd: pipe end for the replies (`true` / `false`), preceded by one `ready` message.
     """
+    _ignore_interrupts()
     requests = Connection(read_fd, writable=False)
     replies = Connection(write_fd, readable=False)
     judge = _WorkerJudge()
     _limit_memory(_WORKER_MEMORY_BYTES)
     signal.signal(signal.SIGALRM, _raise_soft_timeout)
-    replies.send_bytes(b"ready")
-    while True:
-        try:
+    try:
+        replies.send_bytes(b"ready")
+        while True:
             request = json.loads(requests.recv_bytes())
-        except EOFError:  # the caller is gone
-            return
-        try:
-            verdict = judge.any_equivalent(request)
-        except _SoftTimeout:  # the timer fired between the computation and its cancellation
-            verdict = False
-        replies.send_bytes(b"true" if verdict else b"false")
+            try:
+                verdict = judge.any_equivalent(request)
+            except _SoftTimeout:  # the timer fired between the computation and its cancellation
+                verdict = False
+            replies.send_bytes(b"true" if verdict else b"false")
+    except (EOFError, OSError):  # the caller is gone (pipe closed): nothing left to serve
+        return
+
+
+def _ignore_interrupts() -> None:
+    """Ignore SIGINT (it was meant for the caller), then unblock every signal.
+
+    The worker starts with SIGINT blocked (see `_spawn_without_interrupts`); ignoring it discards an
+    interrupt held since then. The empty mask also guarantees that SIGALRM, the soft timer, is
+    delivered whatever the starting thread had blocked.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
 # --------------------------------------------------------------------------------------------------
 # The caller's side: one client per worker process
+
+
+def _spawn_without_interrupts(command: list[str], **popen_args) -> subprocess.Popen:
+    """Start a worker with SIGINT blocked, so an interrupt before it ignores SIGINT is held, not raised.
+
+    A child inherits the signal mask of the thread that starts it; blocking SIGINT in this thread
+    for the moment of the spawn leaves this process's own interrupts pending or taken by another
+    thread, never lost. The worker ignores SIGINT and clears its mask first thing (`_worker_main`).
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: no process-group interrupts either
+        return subprocess.Popen(command, **popen_args)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    try:
+        return subprocess.Popen(command, **popen_args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _kill(process: subprocess.Popen) -> None:
@@ -507,7 +544,7 @@ class _WorkerClient:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [src_dir, env.get("PYTHONPATH")]))
         command = [sys.executable, "-c", _WORKER_STARTER, str(to_worker_read), str(from_worker_write)]
         try:
-            self._process = subprocess.Popen(
+            self._process = _spawn_without_interrupts(
                 command, pass_fds=(to_worker_read, from_worker_write), env=env,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             )

@@ -724,7 +724,7 @@ def _callbacks(cfg: RlParams, common: CommonParams, tokenizer: Any, diagnostics:
                heldout_rows: Sequence[Mapping[str, Any]] | None) -> list[TrainerCallback]:
     """Diagnostics first (its step timer must stop before a held-out evaluation starts)."""
     if cfg.eval_steps and heldout_rows is None and cfg.heldout is not None:
-        heldout_rows = load_subset(common.data_dir, cfg.heldout)
+        heldout_rows = load_subset(common.data_dir, cfg.heldout, key="rl.heldout")
     if not cfg.eval_steps or not heldout_rows:
         return [diagnostics]
     return [diagnostics, HeldoutEval(heldout_rows, cfg.template, tokenizer, cfg.eval_sampling, cfg.eval_steps,
@@ -758,7 +758,7 @@ def make_trainer(cfg: RlParams, run: str, common: CommonParams, *,
     model = load_model(cfg.init_model, dtype=common.dtype, device=device,
                        trust_remote_code=common.trust_remote_code)
     stop_ids = stop_on_end_of_turn(model, tokenizer, cfg.template)
-    rows = load_subset(common.data_dir, cfg.prompts) if rows is None else rows
+    rows = load_subset(common.data_dir, cfg.prompts, key="rl.prompts") if rows is None else rows
     dataset = build_dataset(rows, cfg.template, tokenizer, seed=common.seed,
                             num_prompts=cfg.max_steps * cfg.prompts_per_step)
     weights = monitored_weights(cfg.reward_weights)

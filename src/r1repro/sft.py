@@ -15,9 +15,12 @@ What it guarantees:
 * Full fine-tune, or LoRA (PEFT) when `lora.enabled`; LoRA weights are merged into the saved model,
   so later stages load a plain transformers model.
 * Resumable: checkpoints go to `checkpoint_dir` (default `<output_dir>-checkpoints`) every
-  `save_steps`; a rerun resumes from the last complete one and continues at the step it reached. A
-  checkpoint is reused only when the run's fingerprint (model, data, and every setting except the
-  run length) matches, so a changed learning rate never continues a stale run.
+  `save_steps`; a rerun resumes from the last complete one (weights, optimizer and scheduler state,
+  RNG, step) and continues at the step it reached. A checkpoint is reused only when the run's
+  fingerprint (model path and a digest of its files, data, and every setting except the run length)
+  matches, so a changed learning rate or re-imported base model never continues a stale run.
+* With `reuse_finished` (the distill stage's students), a run whose final model is already in
+  `output_dir` with the same fingerprint and length is not trained again: its record is read back.
 * Atomic output: the final model is written to a temporary folder beside `output_dir` and renamed
   into place only after it is complete, so a failed run leaves the previous good model untouched.
 * Training metrics (loss, learning rate, grad norm, ...) go to a DVCLive folder at the trainer's
@@ -185,6 +188,22 @@ def resume_point(checkpoint_dir: Path | str, fingerprint: dict) -> Path | None:
     return last_checkpoint(checkpoint_dir)
 
 
+def _finished_record(output_dir: Path, fingerprint: dict, settings: TrainSettings) -> dict | None:
+    """The record of a final model in `output_dir` made by this run (same fingerprint and length), or None.
+
+    The record is written into the final model's staging folder, which is renamed into place whole:
+    a record that is there belongs to a complete model.
+    """
+    path = output_dir / TRAINING_RECORD
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    expected = json.loads(json.dumps(fingerprint))  # the record went through JSON too
+    same_run = all(record.get(key) == value for key, value in expected.items())
+    same_length = (record.get("epochs"), record.get("max_steps")) == (settings.epochs, settings.max_steps)
+    return record if same_run and same_length else None
+
+
 # ---------------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------------
@@ -275,6 +294,8 @@ class SftResult:
         runtime_s: wall time of `trainer.train`.
         examples: training examples.
         truncated: examples cut at `max_length` (their end-of-turn token is lost).
+        reused: the final model was already there from an earlier, finished run (`reuse_finished`);
+            nothing was trained, and losses and runtime are empty.
     """
 
     output_dir: Path
@@ -285,6 +306,7 @@ class SftResult:
     runtime_s: float = 0.0
     examples: int = 0
     truncated: int = 0
+    reused: bool = False
 
 
 def _as_dataset(dataset: Any):
@@ -409,7 +431,8 @@ def _train(job: dict[str, Any], callbacks: Sequence[TrainerCallback] = ()):
               "runtime_s": time.perf_counter() - started, "examples": len(job["rows"]),
               "truncated": _count_truncated(trainer, settings.max_length)}
     record = {**job["record"], "global_step": trainer.state.global_step, "epochs": settings.epochs,
-              "max_steps": settings.max_steps}
+              "max_steps": settings.max_steps, "train_loss": fields["train_loss"],
+              "examples": fields["examples"], "truncated": fields["truncated"]}
     return trainer, fields, record
 
 
@@ -435,7 +458,7 @@ def train_sft(dataset: Any, model: str, output_dir: Path | str, settings: TrainS
               checkpoint_dir: Path | str | None = None, live_dir: Path | str | None = None,
               device: str = "auto", trust_remote_code: bool = False, keep_checkpoints: bool = False,
               callbacks: Sequence[TrainerCallback] = (), progress: bool = True,
-              launch: Launch | None = None) -> SftResult:
+              launch: Launch | None = None, reuse_finished: bool = False) -> SftResult:
     """Fine-tune `model` on a prompt/completion dataset and save the result to `output_dir`.
 
     Args:
@@ -452,6 +475,8 @@ def train_sft(dataset: Any, model: str, output_dir: Path | str, settings: TrainS
         progress: show tqdm progress bars.
         launch: train in several processes under `accelerate launch` (`Launch.from_common`);
             None trains in this process.
+        reuse_finished: when `output_dir` already holds the final model of this very run (same
+            fingerprint and length), return its record instead of training again.
 
     Returns:
         An `SftResult`.
@@ -469,23 +494,42 @@ def train_sft(dataset: Any, model: str, output_dir: Path | str, settings: TrainS
                    "data": dataset_digest(rows), "settings": settings.identity(),
                    # Checkpoints of another process layout are not resumed (their data order differs).
                    **({"launch": launch.identity()} if launch else {})}
-    resume = resume_point(checkpoint_dir, fingerprint)
-    job = {"rows": rows, "model": str(model), "checkpoint_dir": str(checkpoint_dir),
-           "settings": settings.to_json(), "resume": str(resume) if resume else None,
-           "live_dir": str(live_dir) if live_dir else None, "device": device,
-           "trust_remote_code": trust_remote_code, "progress": progress, "record": fingerprint}
+    finished = _finished_record(output_dir, fingerprint, settings) if reuse_finished else None
+    if finished is not None:
+        logger.info("%s: already trained by this run (step %d); not training again", output_dir,
+                    finished["global_step"])
+        fields = {"global_step": finished["global_step"], "start_step": finished["global_step"],
+                  "train_loss": finished.get("train_loss"), "examples": finished.get("examples", len(rows)),
+                  "truncated": finished.get("truncated", 0), "reused": True}
+    else:
+        resume = resume_point(checkpoint_dir, fingerprint)
+        job = {"rows": rows, "model": str(model), "checkpoint_dir": str(checkpoint_dir),
+               "settings": settings.to_json(), "resume": str(resume) if resume else None,
+               "live_dir": str(live_dir) if live_dir else None, "device": device,
+               "trust_remote_code": trust_remote_code, "progress": progress, "record": fingerprint}
+        fields = _run_job_here_or_launched(job, output_dir, settings, callbacks, launch)
+    if not keep_checkpoints:  # also after a reused run: a kill may have come before this cleanup
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return SftResult(output_dir=output_dir, **fields)
+
+
+def _run_job_here_or_launched(job: dict[str, Any], output_dir: Path, settings: TrainSettings,
+                              callbacks: Sequence[TrainerCallback], launch: Launch | None) -> dict[str, Any]:
+    """Train a job in this process, or in launched processes; the final model replaces `output_dir`.
+
+    Returns:
+        The `SftResult` fields but output_dir.
+    """
     if launch is None:
         trainer, fields, record = _train(job, callbacks)
         _save_final(trainer, output_dir, record)
-    else:
-        _check_launch(launch, settings, callbacks)
-        with staged_dir(output_dir) as tmp:  # replaced only if every process finished
-            report = launch.run("sft", {**job, "rows": rows.to_list(), "final_dir": str(tmp)})
-        fields = {key: value for key, value in report.items() if key in SftResult.__dataclass_fields__}
-        fields["losses"] = [tuple(pair) for pair in fields["losses"]]  # JSON made the pairs lists
-    if not keep_checkpoints:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return SftResult(output_dir=output_dir, **fields)
+        return fields
+    _check_launch(launch, settings, callbacks)
+    with staged_dir(output_dir) as tmp:  # replaced only if every process finished
+        report = launch.run("sft", {**job, "rows": job["rows"].to_list(), "final_dir": str(tmp)})
+    fields = {key: value for key, value in report.items() if key in SftResult.__dataclass_fields__}
+    fields["losses"] = [tuple(pair) for pair in fields["losses"]]  # JSON made the pairs lists
+    return fields
 
 
 def train_from_params(dataset: Any, cfg: SftParams, common: CommonParams, *,

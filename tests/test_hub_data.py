@@ -1,0 +1,84 @@
+"""Question sets through `datasets` (r1repro.hub_data): local files and folders stand in for the hub."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from r1repro import data
+from r1repro.config import BenchmarkSubset, HubQuestions
+from r1repro.data import DataError
+
+MATH_ROWS = [
+    {"problem": "What is $1+1$?", "level": "Level 1", "type": "Algebra", "solution": "Add: $\\boxed{2}$."},
+    {"problem": "Solve $x^2=9$, $x>0$.", "level": "Level 3", "type": "Algebra",
+     "solution": "So $x = \\boxed{3}$."},
+    {"problem": "Simplify $\\frac{6}{8}$.", "level": "Level 5", "type": "Prealgebra",
+     "solution": "It is $\\boxed{\\frac{3}{4}}$."},
+    {"problem": "What is $2 \\cdot 5$?", "level": "Level 4", "type": "Prealgebra",
+     "solution": "We get $\\boxed{10}$."},
+]
+HARD = {"level": ["Level 3", "Level 4", "Level 5"]}
+
+
+@pytest.fixture
+def math_jsonl(tmp_path):
+    path = tmp_path / "math_train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in MATH_ROWS))
+    return path
+
+
+def test_math_levels_3_to_5_with_boxed_answers(math_jsonl):
+    spec = HubQuestions(id=str(math_jsonl), problem="problem", answer="solution", answer_in_boxed=True,
+                        where=HARD)
+    rows = data.load_subset("unused", BenchmarkSubset(hub=spec))
+    assert [r["answer"] for r in rows] == ["3", "\\frac{3}{4}", "10"]
+    assert rows[0]["problem"] == "Solve $x^2=9$, $x>0$." and len({r["id"] for r in rows}) == 3
+    window = data.load_subset("unused", BenchmarkSubset(hub=spec, offset=1, limit=1))
+    assert [r["answer"] for r in window] == ["\\frac{3}{4}"]
+
+
+def test_a_saved_dataset_folder_loads_by_split(tmp_path):
+    import datasets
+
+    folder = tmp_path / "math_saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(MATH_ROWS)}).save_to_disk(str(folder))
+    spec = HubQuestions(id=str(folder), answer="solution", answer_in_boxed=True)
+    assert [r["answer"] for r in data.load_subset("unused", BenchmarkSubset(hub=spec))] == \
+        ["2", "3", "\\frac{3}{4}", "10"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"answer": "final"}, "no column 'final'"),
+    ({"answer": "problem", "answer_in_boxed": True}, "no \\\\boxed"),
+    ({"answer": "solution", "where": {"level": ["Level 9"]}}, "no rows left"),
+])
+def test_bad_mappings_name_the_key(math_jsonl, spec, message):
+    with pytest.raises(DataError, match=message):
+        data.load_subset("unused", BenchmarkSubset(hub=HubQuestions(id=str(math_jsonl), **spec)))
+
+
+def test_an_unreachable_hub_id_says_how_to_work_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    spec = HubQuestions(id="no-such-owner/no-such-dataset-r1repro", answer="solution")
+    with pytest.raises(DataError, match="local path"):
+        data.load_subset("unused", BenchmarkSubset(hub=spec))
+
+
+def test_a_subset_names_exactly_one_source(math_jsonl):
+    with pytest.raises(ValueError, match="exactly one"):
+        BenchmarkSubset(file="train/asdiv.jsonl", hub=HubQuestions(id=str(math_jsonl)))
+    with pytest.raises(ValueError, match="exactly one"):
+        BenchmarkSubset()
+    assert BenchmarkSubset(hub=HubQuestions(id="a/b")).source == "hub:a/b"
+
+
+def test_the_gpu_profile_trains_on_math_levels_3_to_5(repo_root):
+    from r1repro.config import load_params
+
+    rl = load_params(repo_root, profile="gpu").rl
+    assert rl.prompts.hub is not None and rl.prompts.hub.where == HARD
+    assert rl.prompts.hub.answer_in_boxed and rl.template == "qwen_math"
+    assert not rl.prompt_filter.enabled and rl.runs["dr_grpo"].loss_type == "dr_grpo"
