@@ -166,13 +166,16 @@ def test_stage_with_rows_lacking_a_field_names_the_key(scratch: Path, data_dir: 
 
 
 def _subset_entries(params) -> dict[str, BenchmarkSubset]:
-    """Every dataset entry of the params, by dotted key (`evaluate.benchmarks.<name>` included)."""
+    """Every file-based dataset entry of the params, by dotted key (`evaluate.benchmarks.<name>` included).
+
+    Entries that name a `hub` dataset (the GPU profile's MATH questions) are tested in test_hub_data.py.
+    """
     entries = {}
     for stage in config.STAGES:
         for name, value in getattr(params, stage):
             found = value.items() if isinstance(value, dict) else [(None, value)]
             for label, subset in found:
-                if isinstance(subset, BenchmarkSubset):
+                if isinstance(subset, BenchmarkSubset) and subset.file is not None:
                     entries[".".join(filter(None, [stage, name, label]))] = subset
     return entries
 

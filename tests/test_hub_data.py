@@ -82,3 +82,12 @@ def test_the_gpu_profile_trains_on_math_levels_3_to_5(repo_root):
     assert rl.prompts.hub is not None and rl.prompts.hub.where == HARD
     assert rl.prompts.hub.answer_in_boxed and rl.template == "qwen_math"
     assert not rl.prompt_filter.enabled and rl.runs["dr_grpo"].loss_type == "dr_grpo"
+
+
+def test_hub_errors_name_the_params_key(math_jsonl):
+    spec = HubQuestions(id=str(math_jsonl), answer="final")
+    with pytest.raises(DataError, match=r"^rl\.prompts\.hub\.id "):
+        data.load_subset("unused", BenchmarkSubset(hub=spec), key="rl.prompts")
+    solutions = HubQuestions(id=str(math_jsonl), answer="solution", answer_in_boxed=True)
+    with pytest.raises(DataError, match=r"rl\.prompts\.offset"):
+        data.load_subset("unused", BenchmarkSubset(hub=solutions, offset=99), key="rl.prompts")
