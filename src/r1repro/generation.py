@@ -43,9 +43,10 @@ not match its torch, so they are removed after installing:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -273,20 +274,31 @@ class TransformersGenerator:
         if not prompts:
             return []
         greedy = temperature == 0
-        encoded = self.tokenizer(list(prompts))["input_ids"]
-        rows = [_Row(i, j, ids) for i, ids in enumerate(encoded) for j in range(1 if greedy else n)]
+        rows = self._rows(prompts, 1 if greedy else n)
         rows.sort(key=lambda r: -len(r.ids))  # stable: samples of a prompt stay together
         batches = [rows[k:k + self.batch_size] for k in range(0, len(rows), self.batch_size)]
         out: list[list[Completion | None]] = [[None] * (1 if greedy else n) for _ in prompts]
-        was_training = self.model.training
-        self.model.eval()  # dropout would make generation random whatever the seed
-        try:
+        with self._eval_mode():
             for batch in tqdm(batches, desc="generate", unit="batch", disable=not self.progress):
                 for c in self._run_batch(batch, temperature, top_p, max_tokens, seed, stop):
                     out[c.prompt_index][c.sample_index] = c
+        return replicate(out, n) if greedy else out
+
+    def _rows(self, prompts: Sequence[str], samples: int) -> list[_Row]:
+        """One row per (prompt, sample), holding the prompt's token ids."""
+        encoded = self.tokenizer(list(prompts))["input_ids"]
+        return [_Row(i, j, ids) for i, ids in enumerate(encoded) for j in range(samples)]
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """The model in eval mode for the call (dropout would make generation random whatever the
+        seed), then back in the mode it was in (a policy being trained stays in training mode)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
         finally:
             self.model.train(was_training)
-        return replicate(out, n) if greedy else out
 
     def _generation_config(self, max_tokens: int) -> GenerationConfig:
         """Greedy decoding over the scores our sampler perturbs; penalties neutralised.
@@ -441,22 +453,17 @@ class ContinuousBatchingGenerator(TransformersGenerator):
         if not prompts:
             return []
         greedy = temperature == 0
-        encoded = self.tokenizer(list(prompts))["input_ids"]
-        rows = [_Row(i, j, ids) for i, ids in enumerate(encoded) for j in range(1 if greedy else n)]
+        rows = self._rows(prompts, 1 if greedy else n)
         config = self._generation_config(max_tokens)
         if not greedy:
             config.do_sample, config.temperature, config.top_p = True, temperature, top_p
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with self._eval_mode():
             outputs = self.model.generate_batch(
                 [r.ids for r in rows], generation_config=config, progress_bar=self.progress,
                 continuous_batching_config=self._cb_config(rows, max_tokens, seed),
                 # Warm-up captures CUDA graphs; on CPU it only doubled the time of a small call.
                 warmup=self.model.device.type == "cuda",
             )
-        finally:
-            self.model.train(was_training)
         results = list(outputs.values())  # in request order
         failed = [r.error for r in results if r.error is not None]
         if len(results) != len(rows) or failed:
