@@ -209,6 +209,15 @@ def test_every_dataset_entry_is_named_in_data_errors(tmp_path: Path, repo_root: 
         assert str(err.value).startswith(f"{key}.file: {path}{expected.format(key=key)}"), str(err.value)
 
 
+@pytest.mark.parametrize("profile", [None, "smoke", "gpu"])
+def test_every_dataset_entry_of_each_profile_selects_rows_of_the_real_data(repo_root: Path, data_dir: Path,
+                                                                          profile: str | None) -> None:
+    # Profiles merge into params.yaml, so an entry can inherit an offset meant for another file (the GPU
+    # profile's MATH500 held-out once inherited ASDiv's offset 1500, past MATH500's 500 rows).
+    for key, subset in _subset_entries(load_params(repo_root, profile=profile)).items():
+        assert load_subset(data_dir, subset, key=key), f"{profile or 'params.yaml'}: {key} selects no rows"
+
+
 def test_offset_past_the_end_names_the_offset_key(tmp_path: Path) -> None:
     (tmp_path / "rows.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
     subset = BenchmarkSubset(file="rows.jsonl", limit=2, offset=5)

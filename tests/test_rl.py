@@ -117,6 +117,23 @@ def test_rl_params_validates_new_fields():
     assert RlParams(eval_steps=2, heldout=BenchmarkSubset(file="train/asdiv.jsonl", limit=2)).eval_steps == 2
 
 
+@pytest.mark.parametrize("limit, answered", [(None, 5), (3, 3), (9, 5)])
+def test_periodic_heldout_answers_the_first_eval_limit_questions(limit, answered, base_model_dir, common,
+                                                               data_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    subset = BenchmarkSubset(file="train/asdiv.jsonl", limit=5, offset=1500)
+    rows = load_subset(data_dir, subset)
+    cfg = RlParams(eval_steps=2, heldout=subset, eval_limit=limit)
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    diagnostics = rl.Diagnostics("grpo", tmp_path, {"accuracy": 1.0}, 8, [0])
+    callbacks = rl._callbacks(cfg, common, tokenizer, diagnostics, rows)
+    assert [type(c) for c in callbacks] == [rl.Diagnostics, rl.HeldoutEval]
+    assert callbacks[1].golds == [str(r["answer"]) for r in rows[:answered]]
+    with pytest.raises(ValueError, match="eval_limit"):
+        RlParams(eval_limit=0)
+
+
 def test_monitored_weights_adds_accuracy_and_format_at_zero():
     assert rl.monitored_weights({"language": 1.0}) == {"language": 1.0, "accuracy": 0.0, "format": 0.0}
     assert rl.monitored_weights({"format": 2.0, "accuracy": 1.0}) == {"format": 2.0, "accuracy": 1.0}
@@ -390,6 +407,25 @@ def test_two_steps_each_algorithm_train_and_record_paired_diagnostics(tiny_model
     # Paired: both algorithms saw the same prompts at every step.
     ids = {run: [r["question_ids"] for r in result.diagnostics[1:]] for run, result in results.items()}
     assert ids["grpo"] == ids["dr_grpo"] and all(len(step) == 2 for step in ids["grpo"])
+
+
+@pytest.mark.usefixtures("chars_registered")
+def test_lora_run_trains_adapters_only_and_saves_a_merged_plain_model(tiny_model, common, tmp_path):
+    from r1repro.config import LoraParams
+
+    cfg = tiny_params(tiny_model, tmp_path / "rl", lora=LoraParams(enabled=True, r=4, alpha=8, dropout=0.0,
+                                                                   target_modules=["q_proj", "v_proj"]))
+    before = _weights(tiny_model)
+    result = rl.train_run(cfg, "dr_grpo", common)
+    assert not (result.final_dir / "adapter_config.json").exists()  # merged: later stages need no PEFT
+    after = _weights(result.final_dir)
+    assert set(after) == set(before)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    # Only the adapted projections move (LoRA's update B @ A merged into them); nothing else does.
+    assert changed and all(name.endswith(("q_proj.weight", "v_proj.weight")) for name in changed), changed
+    assert {n for n in before if n.endswith("q_proj.weight")} <= changed
+    checkpoint = rl.last_complete_checkpoint(result.run_dir / rl.CHECKPOINTS)
+    assert (checkpoint / "adapter_model.safetensors").is_file()  # resumable: adapters and optimizer
 
 
 # Resumption and crash tests check mechanics, not the template: bare questions (~30 tokens instead

@@ -289,9 +289,14 @@ class RlParams(Section):
         "inside one step); None: all prompts_per_step x num_generations at once")
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass (saves GPU memory, ~20% slower)")
+    lora: LoraParams = Field(
+        LoraParams(), description="train LoRA adapters (PEFT) instead of every weight; merged into final/")
     heldout: BenchmarkSubset | None = Field(
         None, description="held-out prompts answered greedily every eval_steps (disjoint from prompts)")
     eval_steps: int = Field(0, ge=0, description="held-out evaluation every N steps; 0: off")
+    eval_limit: int | None = Field(
+        None, ge=1, description="questions of rl.heldout answered at each periodic evaluation (the "
+        "first N; the policy in memory decodes in float32, slower than the before/after check); None: all")
     prompt_filter: PromptFilterParams = PromptFilterParams()
 
     @model_validator(mode="after")

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from r1repro.config import ConfigError
+from r1repro.config import ConfigError, LoraParams
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -228,3 +228,17 @@ def load_model(name_or_path: str, dtype: str = "float32", device: str = "auto",
             "if the model ships its own code, set common.trust_remote_code: true"
         ) from err
     return model.to(target).eval()
+
+
+def lora_config(lora: LoraParams | None):
+    """PEFT's `LoraConfig` for params `lora`, or None for a full fine-tune (None or `enabled: false`).
+
+    SFT, distillation and RL hand it to TRL's trainers as `peft_config`; their final models are
+    merged (`merge_and_unload`) before saving, so later stages load a plain transformers folder.
+    """
+    if lora is None or not lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")

@@ -48,7 +48,7 @@ from transformers import TrainerCallback
 from r1repro.config import CommonParams, ConfigError, LoraParams, SftParams
 from r1repro.distributed import Launch, launched_result, per_process
 from r1repro.io import atomic_write_json, source_digest, staged_dir, weights_digest
-from r1repro.modeling import load_model, load_tokenizer, resolve_device
+from r1repro.modeling import load_model, load_tokenizer, lora_config, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -320,15 +320,6 @@ def _as_dataset(dataset: Any):
     return rows.select_columns(["prompt", "completion"])
 
 
-def _lora_config(lora: LoraParams | None):
-    if lora is None or not lora.enabled:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-
-
 def _sft_config(checkpoint_dir: Path, settings: TrainSettings, on_cpu: bool, progress: bool):
     from trl import SFTConfig
 
@@ -380,7 +371,7 @@ def build_trainer(dataset: Any, model: str, checkpoint_dir: Path | str, settings
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     return SFTTrainer(model=policy, args=_sft_config(Path(checkpoint_dir), settings, target == "cpu", progress),
                       train_dataset=_as_dataset(dataset), processing_class=tokenizer,
-                      peft_config=_lora_config(settings.lora), callbacks=list(callbacks))
+                      peft_config=lora_config(settings.lora), callbacks=list(callbacks))
 
 
 def _count_truncated(trainer, max_length: int) -> int:
