@@ -119,7 +119,7 @@ def test_params_name_bad_launch_settings(repo_root: Path) -> None:
         validate({**data, "common": {**data["common"], "accelerate_config": "configs/ds.json"}})
     with pytest.raises(ConfigError, match=r"sft\.batch_size \(8\) must be a multiple of common\.num_processes \(3\)"):
         validate({**data, "common": {**data["common"], "num_processes": 3}})
-    four = {**data, "common": {**data["common"], "num_processes": 4}}
+    four = {**data, "common": {**data["common"], "num_processes": 4}, "rl": {**data["rl"], "prompts_per_step": 2}}
     with pytest.raises(ConfigError, match=r"rl\.micro_batch_size \(8\) must divide .* \(4\)"):
         validate(four)  # 2 prompts x 8 completions over 4 processes: 4 each, not micro-batches of 8
     four["rl"] = {**four["rl"], "micro_batch_size": 2}
