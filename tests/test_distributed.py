@@ -154,6 +154,21 @@ def test_launch_from_common_checks_before_starting_anything(tmp_path: Path, two_
     assert command[-4:] == ["-m", "r1repro.distributed", "job.json", "result.json"]
 
 
+def test_launch_check_refuses_callbacks_and_lora_under_zero3() -> None:
+    from r1repro.config import LoraParams
+
+    lora = LoraParams(enabled=True, r=4)
+    ddp = Launch(2, DDP, "MULTI_GPU")
+    zero3 = Launch(2, DDP.with_name("zero3.yaml"), "DEEPSPEED", zero_stage=3)
+    ddp.check(lora, (), "rl.lora.enabled")  # DDP merges LoRA like one process does
+    zero3.check(LoraParams(enabled=False), (), "rl.lora.enabled")  # a full fine-tune shards fine
+    zero3.check(None, (), "sft.lora")
+    with pytest.raises(ConfigError, match=r"rl\.lora\.enabled: LoRA cannot be merged .*zero3\.yaml.*zero2\.yaml"):
+        zero3.check(lora, (), "rl.lora.enabled")
+    with pytest.raises(ValueError, match="callbacks .* cannot reach launched training processes"):
+        ddp.check(None, [object()], "sft.lora")
+
+
 # --- real launches ----------------------------------------------------------------------------------
 
 QUESTIONS = [("Tom has 3 apples and buys 4 more. How many apples?", "3 + 4 = 7", "7"),

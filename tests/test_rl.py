@@ -127,7 +127,7 @@ def test_periodic_heldout_answers_the_first_eval_limit_questions(limit, answered
     cfg = RlParams(eval_steps=2, heldout=subset, eval_limit=limit)
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     diagnostics = rl.Diagnostics("grpo", tmp_path, {"accuracy": 1.0}, 8, [0])
-    callbacks = rl._callbacks(cfg, common, tokenizer, diagnostics, rows)
+    callbacks = rl._callbacks(cfg, common, tokenizer, diagnostics, rows, bf16=False)
     assert [type(c) for c in callbacks] == [rl.Diagnostics, rl.HeldoutEval]
     assert callbacks[1].golds == [str(r["answer"]) for r in rows[:answered]]
     with pytest.raises(ValueError, match="eval_limit"):
@@ -410,22 +410,58 @@ def test_two_steps_each_algorithm_train_and_record_paired_diagnostics(tiny_model
 
 
 @pytest.mark.usefixtures("chars_registered")
-def test_lora_run_trains_adapters_only_and_saves_a_merged_plain_model(tiny_model, common, tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lora_run_trains_adapters_only_and_saves_a_merged_plain_model(dtype, tiny_model, common, tmp_path):
     from r1repro.config import LoraParams
 
     cfg = tiny_params(tiny_model, tmp_path / "rl", lora=LoraParams(enabled=True, r=4, alpha=8, dropout=0.0,
                                                                    target_modules=["q_proj", "v_proj"]))
     before = _weights(tiny_model)
-    result = rl.train_run(cfg, "dr_grpo", common)
+    if dtype == "bfloat16":  # the frozen base trains in bf16: what was trained against is the rounded base
+        before = {name: tensor.to(torch.bfloat16).float() for name, tensor in before.items()}
+    result = rl.train_run(cfg, "dr_grpo", common.model_copy(update={"dtype": dtype}))
     assert not (result.final_dir / "adapter_config.json").exists()  # merged: later stages need no PEFT
     after = _weights(result.final_dir)
     assert set(after) == set(before)
+    assert {tensor.dtype for tensor in after.values()} == {torch.float32}  # merged in float32
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     # Only the adapted projections move (LoRA's update B @ A merged into them); nothing else does.
     assert changed and all(name.endswith(("q_proj.weight", "v_proj.weight")) for name in changed), changed
     assert {n for n in before if n.endswith("q_proj.weight")} <= changed
     checkpoint = rl.last_complete_checkpoint(result.run_dir / rl.CHECKPOINTS)
     assert (checkpoint / "adapter_model.safetensors").is_file()  # resumable: adapters and optimizer
+
+
+class _ForwardModes:
+    """Record, for every forward pass of a model, whether gradients and CPU bf16 autocast were on."""
+
+    def __init__(self):
+        self.modes: list[tuple[bool, bool]] = []
+
+    def __call__(self, module, args):
+        self.modes.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")))
+
+
+@pytest.mark.usefixtures("chars_registered")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_bf16_trains_float32_weights_and_decodes_rollouts_and_heldout_under_autocast(
+        dtype, tiny_model, common, tmp_path, data_dir):
+    heldout = load_subset(data_dir, BenchmarkSubset(file="train/asdiv.jsonl", limit=2, offset=1500))
+    cfg = tiny_params(tiny_model, tmp_path / "rl", max_steps=1, eval_steps=1,
+                      heldout=BenchmarkSubset(file="train/asdiv.jsonl", limit=2, offset=1500),
+                      eval_sampling=SamplingParams(max_new_tokens=4), **QUICK)
+    trainer, _ = rl.make_trainer(cfg, "dr_grpo", common.model_copy(update={"dtype": dtype}), heldout_rows=heldout)
+    modes = _ForwardModes()
+    trainer.model.register_forward_pre_hook(modes)
+    trainer.train()
+    bf16 = dtype == "bfloat16"
+    assert trainer.args.bf16 is bf16
+    # Weights and optimizer state stay float32: pure bf16 weights would round small updates away.
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    decoding = [autocast for grad, autocast in modes.modes if not grad]  # rollouts and held-out answers
+    scoring = [autocast for grad, autocast in modes.modes if grad]
+    assert len(decoding) > 2 * 4 and scoring  # two evaluations and one rollout batch, token by token
+    assert set(decoding) == set(scoring) == {bf16}
 
 
 # Resumption and crash tests check mechanics, not the template: bare questions (~30 tokens instead

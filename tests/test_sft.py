@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -132,7 +133,8 @@ def test_settings_from_params():
     settings = sft.TrainSettings.from_params(cfg, CommonParams(seed=9, device="cpu", dtype="bfloat16"))
     assert (settings.learning_rate, settings.epochs, settings.lr_scheduler, settings.seed) == (3e-4, 2.0, "constant", 9)
     assert settings.lora.r == 4 and settings.save_steps == 3
-    assert settings.bf16 is False  # bf16 mixed precision is for GPUs; CPU trains in float32
+    assert settings.bf16 is True  # bf16 autocast over float32 weights, on CPU as on GPU
+    assert sft.TrainSettings.from_params(cfg, CommonParams(device="cpu")).bf16 is False
     assert "max_steps" not in settings.identity() and settings.identity()["lora"]["r"] == 4
 
 
@@ -219,3 +221,15 @@ def test_crash_keeps_the_good_model_and_the_rerun_resumes(tiny_model, dataset, t
     assert (rerun.start_step, rerun.global_step) == (2, 3)
     assert logged_steps(live) == [1, 2, 3]
     assert files_digest(out) != good
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_and_names_the_fix(monkeypatch, caplog):
+    from r1repro.modeling import bf16_mixed_precision
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="r1repro.modeling"):
+        assert bf16_mixed_precision("bfloat16", "cpu") is True
+        assert bf16_mixed_precision("float32", "cpu") is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "common.dtype: bfloat16 on a CPU without native bf16 (AMX or avx512_bf16) is emulated and slower "
+        "than float32; set common.dtype: float32 on this machine"]

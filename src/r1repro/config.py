@@ -81,8 +81,9 @@ class CommonParams(Section):
         "transformers", description="rollout engine (r1repro.generation): plain generate, static KV cache "
         "+ torch.compile, continuous batching, or vLLM (RL falls back to transformers where vLLM cannot run)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="weights of models that are trained (bfloat16: mixed precision on a GPU)")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="precision that training computes in; weights and optimizer state stay "
+        "float32 (bfloat16: autocast mixed precision, fast on GPUs and on CPUs with AMX or avx512_bf16)")
     inference_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None, description="weights of models loaded only to generate (probing, held-out checks, teachers, "
         "evaluation); None: the same as dtype")

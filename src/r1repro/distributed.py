@@ -165,6 +165,25 @@ class Launch:
         _check_hardware(common, kind, path)
         return cls(common.num_processes, path, kind, zero_stage)
 
+    def check(self, lora: Any, callbacks: Any, key: str) -> None:
+        """Refuse, before anything starts, what a launched training job cannot do.
+
+        Args:
+            lora: the stage's `LoraParams` (or None).
+            callbacks: extra trainer callbacks passed in; they live in this process only.
+            key: the stage's LoRA parameter, named in the error (e.g. "rl.lora.enabled").
+
+        Raises:
+            ValueError: callbacks were passed.
+            ConfigError: LoRA under ZeRO-3, whose sharded weights cannot be merged.
+        """
+        if callbacks:
+            raise ValueError("callbacks live in this process and cannot reach launched training processes; "
+                             "pass none when common.num_processes > 1")
+        if self.zero_stage == 3 and lora is not None and lora.enabled:
+            raise ConfigError(f"{key}: LoRA cannot be merged into sharded ZeRO-3 weights "
+                              f"({self.config_file}): use configs/accelerate/zero2.yaml or ddp.yaml")
+
     def identity(self) -> dict[str, Any]:
         """What a checkpoint's resumability depends on: the process layout and the launch config."""
         return {"num_processes": self.num_processes, "accelerate_config": str(self.config_file)}

@@ -45,10 +45,11 @@ from typing import Any
 import transformers
 from transformers import TrainerCallback
 
-from r1repro.config import CommonParams, ConfigError, LoraParams, SftParams
+from r1repro.config import CommonParams, LoraParams, SftParams
 from r1repro.distributed import Launch, launched_result, per_process
 from r1repro.io import atomic_write_json, source_digest, staged_dir, weights_digest
-from r1repro.modeling import load_model, load_tokenizer, lora_config, resolve_device
+from r1repro.modeling import (bf16_mixed_precision, load_model, load_tokenizer, lora_config, resolve_device,
+                              save_trained_model, training_weights_dtype)
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ class TrainSettings:
         lora: LoRA settings; None or `enabled: false` for a full fine-tune.
         seed: seeds LoRA init, data order and dropout.
         save_steps: optimizer steps between resumable checkpoints.
-        bf16: bfloat16 mixed precision over float32 weights (GPU).
+        bf16: bfloat16 mixed precision (autocast) over float32 weights.
         gradient_checkpointing: recompute activations in the backward pass to save memory.
     """
 
@@ -245,8 +246,8 @@ class TrainSettings:
 
     @staticmethod
     def mixed_precision(common: CommonParams) -> bool:
-        """`common.dtype: bfloat16` means bf16 mixed precision on a GPU; on CPU training is float32."""
-        return common.dtype == "bfloat16" and resolve_device(common.device) != "cpu"
+        """`common.dtype: bfloat16`: bf16 autocast over float32 weights (`bf16_mixed_precision`)."""
+        return bf16_mixed_precision(common.dtype, resolve_device(common.device))
 
     @classmethod
     def from_params(cls, cfg: SftParams, common: CommonParams) -> TrainSettings:
@@ -336,7 +337,8 @@ def _sft_config(checkpoint_dir: Path, settings: TrainSettings, on_cpu: bool, pro
         save_total_limit=1,  # the trainer removes an older checkpoint only after a newer one is complete
         logging_steps=1, report_to="none", disable_tqdm=not progress,
         use_cpu=on_cpu, dataloader_pin_memory=not on_cpu,
-        # TRL turns both on by default; bf16 autocast on CPU is slow, and checkpointing costs ~20% time.
+        # TRL turns both on by default: bf16 follows common.dtype instead (autocast is emulated and slow
+        # on CPUs without native bf16), and checkpointing costs ~20% time.
         bf16=s.bf16, activation_checkpointing=s.gradient_checkpointing,
         # Several processes (DDP): every trainable weight takes part in each forward pass, so DDP's
         # search for unused ones would only cost an extra pass over the graph per step.
@@ -366,8 +368,9 @@ def build_trainer(dataset: Any, model: str, checkpoint_dir: Path | str, settings
 
     transformers.set_seed(settings.seed)  # before the model exists: LoRA's init draws from it
     target = resolve_device(device)
-    # Weights stay float32 while training; bf16 on GPU is autocast over them (mixed precision).
-    policy = load_model(model, dtype="float32", device=target, trust_remote_code=trust_remote_code)
+    # Trained weights stay float32; bf16 is autocast over them (mixed precision).
+    policy = load_model(model, dtype=training_weights_dtype(settings.bf16, settings.lora), device=target,
+                        trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     return SFTTrainer(model=policy, args=_sft_config(Path(checkpoint_dir), settings, target == "cpu", progress),
                       train_dataset=_as_dataset(dataset), processing_class=tokenizer,
@@ -379,19 +382,8 @@ def _count_truncated(trainer, max_length: int) -> int:
 
 
 def _write_final(trainer, folder: Path, record: dict) -> None:
-    """Merge LoRA (if any) and write model, tokenizer and record into `folder` (every process calls this)."""
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    if is_deepspeed_zero3_enabled():
-        # Each process holds a shard: save_model gathers them (every process must join) and the main
-        # process writes. LoRA is refused under ZeRO-3 before launching (see _check_launch).
-        trainer.save_model(str(folder))
-    elif trainer.is_world_process_zero():
-        model = trainer.model
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()  # a plain model: later stages need no PEFT to load it
-        model.save_pretrained(folder)
-        trainer.processing_class.save_pretrained(folder)
+    """Write model, tokenizer (LoRA merged) and record into `folder` (every process calls this)."""
+    save_trained_model(trainer, folder)
     if trainer.is_world_process_zero():
         atomic_write_json(folder / TRAINING_RECORD, record)
 
@@ -434,15 +426,6 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     report = launched_result(trainer, **fields)  # before a LoRA merge changes the main process's model
     _write_final(trainer, Path(job["final_dir"]), record)
     return report
-
-
-def _check_launch(launch: Launch, settings: TrainSettings, callbacks: Sequence[TrainerCallback]) -> None:
-    if callbacks:
-        raise ValueError("callbacks live in this process and cannot reach launched training processes; "
-                         "pass none when common.num_processes > 1")
-    if launch.zero_stage == 3 and settings.lora is not None and settings.lora.enabled:
-        raise ConfigError(f"LoRA (lora.enabled) cannot be merged into sharded ZeRO-3 weights "
-                          f"({launch.config_file}): use configs/accelerate/zero2.yaml or ddp.yaml")
 
 
 def train_sft(dataset: Any, model: str, output_dir: Path | str, settings: TrainSettings | None = None, *,
@@ -515,7 +498,7 @@ def _run_job_here_or_launched(job: dict[str, Any], output_dir: Path, settings: T
         trainer, fields, record = _train(job, callbacks)
         _save_final(trainer, output_dir, record)
         return fields
-    _check_launch(launch, settings, callbacks)
+    launch.check(settings.lora, callbacks, "sft.lora / distill.lora")
     with staged_dir(output_dir) as tmp:  # replaced only if every process finished
         report = launch.run("sft", {**job, "rows": job["rows"].to_list(), "final_dir": str(tmp)})
     fields = {key: value for key, value in report.items() if key in SftResult.__dataclass_fields__}
