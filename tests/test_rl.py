@@ -127,7 +127,7 @@ def test_periodic_heldout_answers_the_first_eval_limit_questions(limit, answered
     cfg = RlParams(eval_steps=2, heldout=subset, eval_limit=limit)
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     diagnostics = rl.Diagnostics("grpo", tmp_path, {"accuracy": 1.0}, 8, [0])
-    callbacks = rl._callbacks(cfg, common, tokenizer, diagnostics, rows, bf16=False)
+    callbacks = rl._callbacks(cfg, common, tokenizer, diagnostics, rows)
     assert [type(c) for c in callbacks] == [rl.Diagnostics, rl.HeldoutEval]
     assert callbacks[1].golds == [str(r["answer"]) for r in rows[:answered]]
     with pytest.raises(ValueError, match="eval_limit"):

@@ -297,7 +297,7 @@ class RlParams(Section):
     eval_steps: int = Field(0, ge=0, description="held-out evaluation every N steps; 0: off")
     eval_limit: int | None = Field(
         None, ge=1, description="questions of rl.heldout answered at each periodic evaluation (the "
-        "first N; the policy in memory decodes in float32, slower than the before/after check); None: all")
+        "first N; each point costs a generation pass during training); None: all")
     prompt_filter: PromptFilterParams = PromptFilterParams()
 
     @model_validator(mode="after")

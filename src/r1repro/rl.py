@@ -530,21 +530,23 @@ class HeldoutEval(TrainerCallback):
         seed: sampling seed.
         timeout_s: grading time limit per response.
         batch_size: sequences per generate call.
-        bf16: decode under bfloat16 autocast, as the training's rollouts do.
     """
 
     def __init__(self, rows: Sequence[Mapping[str, Any]], template: str, tokenizer: Any,
                  sampling: SamplingParams, every: int, diagnostics: Diagnostics, *, seed: int,
-                 timeout_s: float = 5.0, batch_size: int = 16, bf16: bool = False):
+                 timeout_s: float = 5.0, batch_size: int = 16):
         self.prompts = [render_prompt(template, r["problem"], tokenizer) for r in rows]
         self.golds = [str(r["answer"]) for r in rows]
         self.head = prefill(template)
         self.tokenizer, self.sampling, self.every = tokenizer, sampling, every
         self.diagnostics, self.seed = diagnostics, seed
-        self.timeout_s, self.batch_size, self.bf16 = timeout_s, batch_size, bf16
+        self.timeout_s, self.batch_size = timeout_s, batch_size
 
-    def evaluate(self, model: Any) -> dict[str, float]:
-        """Generate and grade; returns heldout_accuracy, heldout_mean_length, heldout_truncated_share."""
+    def evaluate(self, model: Any, bf16: bool = False) -> dict[str, float]:
+        """Generate and grade; returns heldout_accuracy, heldout_mean_length, heldout_truncated_share.
+
+        bf16: decode under bfloat16 autocast (the training's `args.bf16`, as its rollouts do).
+        """
         import torch
 
         from r1repro.generation import load_generator
@@ -552,7 +554,7 @@ class HeldoutEval(TrainerCallback):
         generator = load_generator("transformers", (model, self.tokenizer), batch_size=self.batch_size,
                                    progress=False)
         s = self.sampling
-        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
             groups = generator.generate(self.prompts, n=s.n, temperature=s.temperature, top_p=s.top_p,
                                         max_tokens=s.max_new_tokens, seed=self.seed)
         pairs = [(c, gold) for group, gold in zip(groups, self.golds) for c in group]
@@ -565,11 +567,11 @@ class HeldoutEval(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0:  # the starting policy, once; a resumed run has it already
-            self.diagnostics.add_heldout(0, self.evaluate(model))
+            self.diagnostics.add_heldout(0, self.evaluate(model, bf16=args.bf16))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
-            self.diagnostics.add_heldout(state.global_step, self.evaluate(model))
+            self.diagnostics.add_heldout(state.global_step, self.evaluate(model, bf16=args.bf16))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -730,7 +732,7 @@ def stop_on_end_of_turn(model: Any, tokenizer: Any, template: str) -> list[int]:
 
 
 def _callbacks(cfg: RlParams, common: CommonParams, tokenizer: Any, diagnostics: Diagnostics,
-               heldout_rows: Sequence[Mapping[str, Any]] | None, bf16: bool) -> list[TrainerCallback]:
+               heldout_rows: Sequence[Mapping[str, Any]] | None) -> list[TrainerCallback]:
     """Diagnostics first (its step timer must stop before a held-out evaluation starts)."""
     if cfg.eval_steps and heldout_rows is None and cfg.heldout is not None:
         heldout_rows = load_subset(common.data_dir, cfg.heldout, key="rl.heldout")
@@ -739,7 +741,7 @@ def _callbacks(cfg: RlParams, common: CommonParams, tokenizer: Any, diagnostics:
     heldout_rows = list(heldout_rows)[:cfg.eval_limit]  # the curve's points; before/after use all of them
     return [diagnostics, HeldoutEval(heldout_rows, cfg.template, tokenizer, cfg.eval_sampling, cfg.eval_steps,
                                      diagnostics, seed=common.seed, timeout_s=common.grading_timeout_s,
-                                     batch_size=common.generation_batch_size, bf16=bf16)]
+                                     batch_size=common.generation_batch_size)]
 
 
 class AutocastRolloutsTrainer(GRPOTrainer):
@@ -799,7 +801,7 @@ def make_trainer(cfg: RlParams, run: str, common: CommonParams, *,
     trainer = AutocastRolloutsTrainer(
         model=model, reward_funcs=diagnostics.wrap(funcs), args=args, train_dataset=dataset,
         processing_class=tokenizer, peft_config=lora_config(cfg.lora),
-        callbacks=[*_callbacks(cfg, common, tokenizer, diagnostics, heldout_rows, bf16), *callbacks],
+        callbacks=[*_callbacks(cfg, common, tokenizer, diagnostics, heldout_rows), *callbacks],
     )
     return trainer, diagnostics
 
