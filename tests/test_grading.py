@@ -202,6 +202,34 @@ def test_gold_alternatives_keep_every_form_once():
     assert gold_alternatives("5") == ["5"]
 
 
+def test_gold_lists_are_parsed_one_thread_at_a_time(monkeypatch):
+    # CPython 3.11's AST conversion shares one recursion counter between threads; grade_many's threads
+    # reading list golds at once failed CI with "AST constructor recursion depth mismatch". The sleep
+    # widens the window so that two unguarded calls would overlap every time.
+    active, most = [0], [0]
+    counter = threading.Lock()
+    real_literal_eval = grading.ast.literal_eval
+
+    def slow_literal_eval(text):
+        with counter:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.02)
+        try:
+            return real_literal_eval(text)
+        finally:
+            with counter:
+                active[0] -= 1
+
+    monkeypatch.setattr(grading.ast, "literal_eval", slow_literal_eval)
+    threads = [threading.Thread(target=gold_alternatives, args=("['9.6\\n', '9.60']",)) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 1
+
+
 def test_gold_list_is_read_without_eval(tmp_path):
     marker = tmp_path / "pwned"
     payload = f"[__import__('os').system('touch {marker}')]"

@@ -179,14 +179,20 @@ def extract_answer(response: str) -> str | None:
 # Gold answers and answer normalization (pure string work)
 
 
+_AST_LOCK = threading.RLock()
+
+
 def _literal_list(text: str) -> list[str] | None:
     """The strings of a stringified Python list such as "['9.6\\n']", or None for anything else."""
     if not _LIST_LITERAL_RE.fullmatch(text):
         return None
     try:
         # literal_eval only builds literals; it never calls or looks up names. Golds hold LaTeX such as
-        # `\max` inside the literal, an invalid escape that Python warns about.
-        with warnings.catch_warnings():
+        # `\max` inside the literal, an invalid escape that Python warns about. The lock: CPython 3.11
+        # keeps one AST recursion counter per interpreter, so two threads converting ASTs at once (as
+        # grade_many's threads do) can raise "SystemError: AST constructor recursion depth mismatch";
+        # catch_warnings also swaps process-wide state.
+        with _AST_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
             value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
