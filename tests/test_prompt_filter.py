@@ -139,6 +139,23 @@ def test_paired_change_counts_fixed_and_broken_answers():
     assert change["fixed"] == 3 and change["broke"] == 1 and change["n"] == 8
     assert change["change"] == pytest.approx(2 / 8)
     assert change["change_low"] <= change["change"] <= change["change_high"]
+    assert change["sign_test_p"] == pytest.approx(2 * (1 + 4) / 16)  # P(<= 1 of 4 went one way), x2
+
+
+@pytest.mark.parametrize("fixed, broke, p", [
+    (0, 0, 1.0),                         # nothing changed: no evidence either way
+    (9, 0, 2 / 2 ** 9),
+    (0, 9, 2 / 2 ** 9),                  # symmetric
+    (14, 6, 0.1153183),                  # the LoRA experiment in params.yaml's rl comments
+    (5, 5, 1.0),                         # an even split is capped at 1, not 2 x 0.62
+])
+def test_sign_test_p_values(fixed, broke, p):
+    assert evaluation.sign_test_p(fixed, broke) == pytest.approx(p, rel=1e-6)
+
+
+def test_sign_test_refuses_negative_counts():
+    with pytest.raises(ValueError, match="fixed=-1"):
+        evaluation.sign_test_p(-1, 3)
 
 
 def test_paired_interval_excludes_zero_for_a_consistent_gain():

@@ -229,9 +229,10 @@ def test_rl_change_reads_with_its_paired_interval_and_verdict():
 
     runs = {"dr_grpo": {"heldout": {"accuracy": 0.3}, "heldout_change": 0.125,
                         "heldout_change_paired": {"change": 0.125, "change_low": 0.03125,
-                                                  "change_high": 0.21875, "fixed": 5, "broke": 1}},
+                                                  "change_high": 0.21875, "fixed": 5, "broke": 1,
+                                                  "sign_test_p": 0.21875}},
             "grpo": {"heldout": {"accuracy": 0.2}, "heldout_change": 0.0}}
-    assert report.change_text(runs["dr_grpo"]) == "+12.5 pts [+3.1, +21.9] (5/1)"
+    assert report.change_text(runs["dr_grpo"]) == "+12.5 pts [+3.1, +21.9] (5/1), sign test p=0.22"
     assert report.change_text(runs["grpo"]) == "+0.0 pts"
     assert report.change_text({}) == "n/a"
     findings = "\n".join(report.rl_findings({"accuracy": 0.2, "n": 32}, runs))

@@ -14,6 +14,8 @@ response, extracted, gold, correct, num_tokens, finish_reason, formatted.
 
 from __future__ import annotations
 
+import math
+
 from collections import defaultdict
 from typing import Any, Sequence
 
@@ -286,7 +288,9 @@ def paired_change(before: Sequence[dict], after: Sequence[dict], n_boot: int = 1
 
     Returns:
         change, change_low, change_high (accuracy points as fractions), fixed (wrong -> right),
-        broke (right -> wrong), n.
+        broke (right -> wrong), n, and sign_test_p: the exact two-sided sign test (McNemar's exact
+        test) of fixed against broke, the chance of a split at least this uneven if each changed
+        answer were equally likely to go either way.
 
     Raises:
         ValueError: the two sets cover different questions.
@@ -298,8 +302,26 @@ def paired_change(before: Sequence[dict], after: Sequence[dict], n_boot: int = 1
                          f"({len(set(first) ^ set(second))} differ)")
     diffs = [second[q] - first[q] for q in sorted(first)]
     change, low, high = _mean_ci(diffs, n_boot, confidence, seed)
+    fixed, broke = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
     return {"change": change, "change_low": low, "change_high": high, "n": len(diffs),
-            "fixed": sum(d > 0 for d in diffs), "broke": sum(d < 0 for d in diffs)}
+            "fixed": fixed, "broke": broke, "sign_test_p": sign_test_p(fixed, broke)}
+
+
+def sign_test_p(fixed: int, broke: int) -> float:
+    """Two-sided exact sign test: P(a Binomial(fixed + broke, 1/2) split at least as uneven).
+
+    Args:
+        fixed, broke: answers that went wrong -> right and right -> wrong (unchanged ones carry no
+            information about the direction of the change).
+
+    Returns:
+        The p-value in [0, 1]; 1.0 when nothing changed.
+    """
+    if fixed < 0 or broke < 0:
+        raise ValueError(f"sign_test_p: counts must be >= 0, got fixed={fixed}, broke={broke}")
+    changed, fewer = fixed + broke, min(fixed, broke)
+    tail = sum(math.comb(changed, k) for k in range(fewer + 1)) / 2 ** changed
+    return min(1.0, 2 * tail)
 
 
 def _interval_text(metrics: dict[str, Any], metric: str, model: str, benchmark: str) -> str:

@@ -210,14 +210,15 @@ def rl_section(folder: StageFolder) -> list[str]:
                      num(late.get("mean_length_incorrect")), pct(late.get("zero_std_share")),
                      num(late.get("reward"), 2)])
     header = ["run", "loss_type", "scale_rewards", "steps", "held-out before", "held-out after",
-              "change [paired 95% interval] (fixed/broke)", "late len. incorrect (tokens)",
+              "change [paired 95% interval] (fixed/broke), sign test", "late len. incorrect (tokens)",
               "late zero-std share", "late reward"]
     return lines + rl_findings(start, runs) + prompt_filter_line(m.get("prompt_filter")) + [
         "", md_table(header, rows), "", "Late: mean over the second half of training steps."]
 
 
 def change_text(run: dict) -> str:
-    """`+9.4 pts [+3.1, +15.6] (3/0)`: the held-out change, its paired interval, answers fixed/broken."""
+    """`+9.4 pts [+3.1, +15.6] (3/0), sign test p=0.25`: the held-out change, its paired interval,
+    answers fixed/broken, and the sign test of fixed against broken (when recorded)."""
     paired = run.get("heldout_change_paired") or {}
     change = paired.get("change", run.get("heldout_change"))
     if _missing(change):
@@ -227,6 +228,8 @@ def change_text(run: dict) -> str:
         text += f" [{100 * paired['change_low']:+.1f}, {100 * paired['change_high']:+.1f}]"
     if paired.get("fixed") is not None:
         text += f" ({paired['fixed']}/{paired.get('broke')})"
+    if not _missing(paired.get("sign_test_p")):
+        text += f", sign test p={paired['sign_test_p']:.2g}"
     return text
 
 
