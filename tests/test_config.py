@@ -99,3 +99,34 @@ def test_apply_profile_keeps_params_on_bad_profile(tmp_path: Path, repo_root: Pa
     assert (tmp_path / "params.yaml").read_text() == before
     config.apply_profile(repo_root / "profiles" / "gpu.yaml", root=tmp_path)
     assert load_params(tmp_path).common.backend == "vllm"
+
+
+def test_training_rows_that_another_stage_holds_out_are_refused(params_dict: dict) -> None:
+    # SFT's examples end up in the model RL starts from, so RL's held-out rows must not be among them.
+    params_dict["sft"]["train_questions"] = {"file": "train/asdiv.jsonl", "limit": 1300}
+    params_dict["rl"]["heldout"] = {"file": "train/asdiv.jsonl", "limit": 256, "offset": 1200}
+    with pytest.raises(ConfigError, match=r"sft\.train_questions \(rows 0-1299\) and rl\.heldout "
+                                          r"\(rows 1200-1455\) share rows of train/asdiv\.jsonl"):
+        validate(params_dict)
+
+
+def test_training_rows_inside_an_evaluation_benchmark_are_refused(params_dict: dict) -> None:
+    params_dict["evaluate"]["benchmarks"]["asdiv_heldout"] = {"file": "train/asdiv.jsonl", "limit": 8,
+                                                              "offset": 40}
+    params_dict["distill"]["prompts"] = {"file": "train/asdiv.jsonl", "offset": 32}  # every row from 32 on
+    with pytest.raises(ConfigError, match=r"distill\.prompts \(rows 32-\) and "
+                                          r"evaluate\.benchmarks\.asdiv_heldout \(rows 40-47\)"):
+        validate(params_dict)
+
+
+def test_adjacent_row_ranges_and_other_splits_do_not_clash() -> None:
+    train = config.BenchmarkSubset(file="train/asdiv.jsonl", limit=1200)
+    assert not train.shares_rows_with(config.BenchmarkSubset(file="train/asdiv.jsonl", limit=5, offset=1200))
+    assert train.shares_rows_with(config.BenchmarkSubset(file="train/asdiv.jsonl", limit=5, offset=1199))
+    assert not train.shares_rows_with(config.BenchmarkSubset(file="train/gsm8k.jsonl", limit=5))
+    math_train = config.BenchmarkSubset(hub={"id": "data/math", "split": "train"}, limit=100)
+    assert not math_train.shares_rows_with(config.BenchmarkSubset(hub={"id": "data/math", "split": "test"},
+                                                                  limit=100))
+    assert math_train.shares_rows_with(config.BenchmarkSubset(hub={"id": "data/math", "split": "train"},
+                                                              offset=50))
+    assert not math_train.shares_rows_with(train)

@@ -162,6 +162,21 @@ class BenchmarkSubset(Section):
         """What the rows come from, for messages and tables."""
         return self.file if self.file is not None else f"hub:{self.hub.id}"
 
+    def rows_text(self) -> str:
+        """The row range, for messages: `rows 0-1199`, `rows 1200-`."""
+        end = f"{self.offset + self.limit - 1}" if self.limit else ""
+        return f"rows {self.offset}-{end}"
+
+    def shares_rows_with(self, other: "BenchmarkSubset") -> bool:
+        """Whether both read the same source (file, or hub dataset with its split and filter) and
+        their `offset`/`limit` ranges intersect."""
+        same = (self.file == other.file if self.file is not None
+                else other.hub is not None and self.hub.model_dump() == other.hub.model_dump())
+        if not same:
+            return False
+        end, other_end = (s.offset + s.limit if s.limit else float("inf") for s in (self, other))
+        return self.offset < other_end and other.offset < end
+
 
 # ---------------------------------------------------------------------------------------------------
 # Stage sections
@@ -222,13 +237,9 @@ class SftParams(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "SftParams":
-        a, b = self.train_questions, self.heldout
-        if a.source == b.source:
-            a_end = a.offset + a.limit if a.limit else float("inf")
-            b_end = b.offset + b.limit if b.limit else float("inf")
-            if a.offset < b_end and b.offset < a_end:
-                raise ValueError(f"sft.train_questions and sft.heldout share rows of {a.source}: "
-                                 "give them disjoint offset/limit ranges")
+        if self.train_questions.shares_rows_with(self.heldout):
+            raise ValueError(f"sft.train_questions and sft.heldout share rows of {self.heldout.source}: "
+                             "give them disjoint offset/limit ranges")
         return self
 
 
@@ -472,6 +483,23 @@ class Params(Section):
                             f"common.num_processes ({per_step // n})")
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _held_out_never_trained_on(self) -> "Params":
+        """No stage trains on rows that any stage holds out: the RL held-out set judges a model made from
+        SFT's examples too, so each check must be disjoint from every stage's training rows."""
+        training = {"sft.train_questions": self.sft.train_questions, "rl.prompts": self.rl.prompts,
+                    "distill.prompts": self.distill.prompts}
+        held_out = {"sft.heldout": self.sft.heldout, "rl.heldout": self.rl.heldout,
+                    "distill.heldout": self.distill.heldout,
+                    **{f"evaluate.benchmarks.{name}": subset for name, subset in self.evaluate.benchmarks.items()}}
+        clashes = [f"{t_key} ({t.rows_text()}) and {h_key} ({h.rows_text()}) share rows of {h.source}"
+                   for t_key, t in training.items() for h_key, h in held_out.items()
+                   if h is not None and t.shares_rows_with(h)]
+        if clashes:
+            raise ValueError("; ".join(clashes) + ": give training and held-out subsets disjoint "
+                             "offset/limit ranges (training rows first, held-out ones after them)")
         return self
 
 
