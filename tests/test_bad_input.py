@@ -32,7 +32,7 @@ import yaml
 from r1repro import config, io, modeling
 from r1repro.config import BenchmarkSubset, CommonParams, load_params
 from r1repro.data import DataError, load_jsonl, load_subset
-from r1repro.stage import NOTEBOOKS
+from r1repro.pipeline import PIPELINE
 
 GOOD_METRICS = '{"good": 1}'
 
@@ -116,6 +116,7 @@ def test_unreadable_params_file_is_named(scratch: Path) -> None:
 def test_model_import_names_the_model_and_the_fix(scratch: Path, tmp_path_factory, pretrained: str,
                                                   expected: str) -> None:
     _edit_params(scratch, lambda p: p["model"].update(source="pretrained", pretrained=pretrained))
+    config.write_resolved(scratch)  # dvc.yaml's params stage, which runs before import_model
     good = scratch / "models" / "base"
     good.mkdir(parents=True)
     (good / "config.json").write_text('{"good": 1}')
@@ -244,7 +245,7 @@ def test_every_stage_loads_its_datasets_under_their_params_key(repo_root: Path) 
     """Each call passes `key=` naming the entry it loads: `cfg.prompts` in the rl stage is `rl.prompts`."""
     import re
 
-    sources = {repo_root / "notebooks" / name: stage for stage, name in NOTEBOOKS.items()}
+    sources = {repo_root / "notebooks" / s.notebook: s.name for s in PIPELINE if s.notebook}
     sources[repo_root / "src" / "r1repro" / "rl.py"] = "rl"
     checked = 0
     for path, stage in sources.items():
@@ -316,15 +317,19 @@ def test_full_disk_keeps_the_previous_file(tmp_path: Path, full_disk, writer) ->
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # the temporary file is gone
 
 
-def test_full_disk_while_applying_a_profile(scratch: Path, repo_root: Path, full_disk, capsys,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_while_resolving_the_params(scratch: Path, repo_root: Path, full_disk, capsys,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(scratch)
+    resolved = scratch / config.RESOLVED_FILE
+    resolved.parent.mkdir(parents=True, exist_ok=True)
+    resolved.write_text("# the previous run's\n")
     before = (scratch / "params.yaml").read_bytes()
-    assert config.main(["apply", str(repo_root / "profiles" / "smoke.yaml")]) == 1
+    assert config.main(["resolve"]) == 1
     message = capsys.readouterr().err
-    assert "No space left on device" in message and "params.yaml" in message
+    assert "No space left on device" in message and config.RESOLVED_FILE in message
     assert (scratch / "params.yaml").read_bytes() == before
-    assert not list(scratch.glob(".params.yaml.*"))
+    assert resolved.read_text() == "# the previous run's\n"
+    assert not list(resolved.parent.glob(".params.yaml.*"))
 
 
 def test_full_disk_in_a_stage_keeps_the_previous_results(tmp_path: Path, full_disk) -> None:

@@ -88,17 +88,60 @@ def test_cli_check_exits_nonzero_before_work(tmp_path: Path, repo_root: Path, pa
     assert "rl.learning_rate" in result.stderr
 
 
-def test_apply_profile_keeps_params_on_bad_profile(tmp_path: Path, repo_root: Path) -> None:
-    shutil.copy(repo_root / "dvc.yaml", tmp_path / "dvc.yaml")
-    shutil.copy(repo_root / "params.yaml", tmp_path / "params.yaml")
-    before = (tmp_path / "params.yaml").read_text()
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("common:\n  backend: nonsense\n")
+def _scratch_repo(tmp_path: Path, repo_root: Path) -> Path:
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(repo_root / name, tmp_path / name)
+    shutil.copytree(repo_root / "profiles", tmp_path / "profiles")
+    return tmp_path
+
+
+def test_using_a_profile_leaves_params_yaml_byte_identical(tmp_path: Path, repo_root: Path) -> None:
+    root = _scratch_repo(tmp_path, repo_root)
+    before = (root / "params.yaml").read_bytes()
+    config.use_profile("gpu", root=root)
+    assert config.active_profile(root) == "gpu"
+    assert load_params(root).common.backend == "vllm"  # the active profile is merged in
+    assert load_params(root, profile="none").common.backend == "transformers"
+    resolved = config.write_resolved(root)
+    assert resolved.common.backend == "vllm"
+    assert config.load_resolved(root) == resolved
+    config.use_profile("none", root=root)
+    assert config.active_profile(root) is None
+    assert (root / "params.yaml").read_bytes() == before
+
+
+def test_make_repro_gpu_apply_step_leaves_params_yaml_byte_identical(tmp_path: Path, repo_root: Path) -> None:
+    """What `make repro-gpu` runs before `dvc repro`: `config use gpu`, then the params stage's resolve."""
+    root = _scratch_repo(tmp_path, repo_root)
+    before = (root / "params.yaml").read_bytes()
+    for args in (["use", "gpu"], ["resolve"]):
+        result = subprocess.run([sys.executable, "-m", "r1repro.config", *args], cwd=root,
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    assert (root / "params.yaml").read_bytes() == before
+    assert yaml.safe_load((root / config.RESOLVED_FILE).read_text())["common"]["backend"] == "vllm"
+
+
+def test_a_bad_profile_is_refused_and_the_active_one_kept(tmp_path: Path, repo_root: Path) -> None:
+    root = _scratch_repo(tmp_path, repo_root)
+    (root / "profiles" / "bad.yaml").write_text("common:\n  backend: nonsense\n")
     with pytest.raises(ConfigError, match="common.backend"):
-        config.apply_profile(bad, root=tmp_path)
-    assert (tmp_path / "params.yaml").read_text() == before
-    config.apply_profile(repo_root / "profiles" / "gpu.yaml", root=tmp_path)
-    assert load_params(tmp_path).common.backend == "vllm"
+        config.use_profile("bad", root=root)
+    assert config.active_profile(root) is None
+    with pytest.raises(ConfigError, match=r"no profile 'gpx'.*gpu"):
+        config.use_profile("gpx", root=root)
+
+
+def test_stale_resolved_params_are_refused(tmp_path: Path, repo_root: Path) -> None:
+    root = _scratch_repo(tmp_path, repo_root)
+    with pytest.raises(ConfigError, match="results/params.yaml is missing or out of date"):
+        config.load_resolved(root)
+    config.write_resolved(root)
+    config.load_resolved(root)
+    params = (root / "params.yaml").read_text()
+    (root / "params.yaml").write_text(params.replace("seed: 1234", "seed: 99"))
+    with pytest.raises(ConfigError, match="out of date with params.yaml: run `dvc repro`"):
+        config.load_resolved(root)
 
 
 def test_training_rows_that_another_stage_holds_out_are_refused(params_dict: dict) -> None:

@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 from repo_copy import make_copy, run
 
+from r1repro import deps
+from r1repro.pipeline import PIPELINE, result_folders
+
 pytestmark = pytest.mark.slow
 
-RESULT_FOLDERS = {"probe": "probe", "sft": "sft", "rl": "rl", "distill": "distill", "evaluate": "eval"}
+RESULT_FOLDERS = result_folders()
 
 
 _run = run  # fails the test with the command's output
@@ -31,7 +34,7 @@ def smoke_repo(tmp_path_factory: pytest.TempPathFactory, repo_root: Path, data_d
     """A copy of the checkout (tracked and new files, no results), on smoke params, after `dvc repro`."""
     copy = make_copy(tmp_path_factory.mktemp("smoke") / "repo", repo_root, data_dir)
     result = _run(["dvc", "repro"], copy)
-    assert _stages_run(result.stdout) >= set(RESULT_FOLDERS), result.stdout[-3000:]
+    assert _stages_run(result.stdout) == {s.name for s in PIPELINE}, result.stdout[-3000:]
     return copy
 
 
@@ -46,6 +49,35 @@ def test_every_stage_fills_its_results(smoke_repo: Path) -> None:
         notebook = json.loads(executed.read_text())
         assert any(cell.get("outputs") for cell in notebook["cells"]), f"{stage}: notebook has no outputs"
         assert executed.with_suffix(".html").is_file()
+    assert (smoke_repo / "results" / "REPORT.md").is_file()
+
+
+def _stale_stages(repo: Path) -> set[str]:
+    status = json.loads(_run(["dvc", "status", "--json"], repo).stdout or "{}")
+    return set(status)
+
+
+def test_editing_a_lazily_imported_module_makes_every_stage_that_reaches_it_stale(smoke_repo: Path) -> None:
+    """hub_data.py is imported only inside a function of data.py (the GPU profile's path): the stages
+    that load data must still list it, so `dvc status` flags them after an edit."""
+    hub_data = smoke_repo / "src" / "r1repro" / "hub_data.py"
+    original = hub_data.read_text()
+    users = {s.name for s in PIPELINE if "hub_data" in deps.code_closure(s, smoke_repo)}
+    assert users >= {"probe", "sft", "rl", "distill", "evaluate"}
+    try:
+        hub_data.write_text(original + "\n# touched by test_pipeline\n")
+        assert _stale_stages(smoke_repo) == users
+    finally:
+        hub_data.write_text(original)
+    assert _stale_stages(smoke_repo) == set()
+
+
+def test_the_report_is_stale_after_one_stage_reruns(smoke_repo: Path) -> None:
+    """The report's deps are every stage's metrics.json and protocol.json: after the probe stage alone
+    reruns, `dvc status` lists the report (and nothing else)."""
+    _run(["dvc", "repro", "-f", "-s", "probe"], smoke_repo)
+    assert _stale_stages(smoke_repo) == {"report"}
+    _run(["dvc", "repro"], smoke_repo)
 
 
 def test_second_repro_is_a_noop_and_status_clean(smoke_repo: Path) -> None:
@@ -64,7 +96,7 @@ def test_editing_a_module_reruns_its_stage_and_descendants_only(smoke_repo: Path
     ran = _stages_run(result.stdout)
     # sft reads rewards too (format checks on its held-out responses), so it may rerun; probe may not.
     assert "rl" in ran and "probe" not in ran and "import_model" not in ran
-    assert ran <= {"sft", "rl", "distill", "evaluate"}
+    assert ran <= {"sft", "rl", "distill", "evaluate", "report"}
 
 
 def _touch_notebook(repo: Path, name: str) -> None:
@@ -76,7 +108,7 @@ def _touch_notebook(repo: Path, name: str) -> None:
 
 def test_editing_the_last_notebook_reruns_only_that_stage(smoke_repo: Path) -> None:
     _touch_notebook(smoke_repo, "05_evaluate.ipynb")
-    assert _stages_run(_run(["dvc", "repro"], smoke_repo).stdout) == {"evaluate"}
+    assert _stages_run(_run(["dvc", "repro"], smoke_repo).stdout) == {"evaluate", "report"}
 
 
 def test_editing_a_notebook_reruns_that_stage_and_what_it_feeds(smoke_repo: Path) -> None:
@@ -84,10 +116,10 @@ def test_editing_a_notebook_reruns_that_stage_and_what_it_feeds(smoke_repo: Path
     # so a rerun can leave a model byte-identical and DVC then rightly stops early: only the edited
     # stage is certain to run, and nothing upstream of it may.
     _touch_notebook(smoke_repo, "01_probe_base_models.ipynb")
-    assert _stages_run(_run(["dvc", "repro"], smoke_repo).stdout) == {"probe"}
+    assert _stages_run(_run(["dvc", "repro"], smoke_repo).stdout) == {"probe", "report"}
     _touch_notebook(smoke_repo, "02_cold_start_sft.ipynb")
     ran = _stages_run(_run(["dvc", "repro"], smoke_repo).stdout)
-    assert "sft" in ran and ran <= {"sft", "rl", "distill", "evaluate"}
+    assert "sft" in ran and ran <= {"sft", "rl", "distill", "evaluate", "report"}
 
 
 def test_an_experiment_on_one_rl_param_shows_in_exp_diff(smoke_repo: Path) -> None:
@@ -102,8 +134,8 @@ def test_an_experiment_on_one_rl_param_shows_in_exp_diff(smoke_repo: Path) -> No
     before = json.loads((smoke_repo / "results" / "rl" / "metrics.json").read_text())["runs"]["grpo"]["steps"]
     result = _run(["dvc", "exp", "run", "-S", f"rl.max_steps={before + 1}", "--name", "more-steps"], smoke_repo)
     ran = _stages_run(result.stdout)
-    assert "rl" in ran and ran <= {"rl", "distill", "evaluate"}, result.stdout[-2000:]
+    assert "rl" in ran and ran <= {"params", "rl", "distill", "evaluate", "report"}, result.stdout[-2000:]
     diff = json.loads(_run(["dvc", "exp", "diff", "HEAD", "more-steps", "--json"], smoke_repo).stdout)
-    assert diff["params"]["params.yaml"]["rl.max_steps"]["new"] == before + 1
+    assert diff["params"]["results/params.yaml"]["rl.max_steps"]["new"] == before + 1
     steps = diff["metrics"]["results/rl/metrics.json"]["runs.grpo.steps"]
     assert (steps["old"], steps["new"]) == (before, before + 1)

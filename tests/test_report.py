@@ -12,7 +12,9 @@ import pytest
 
 from r1repro import report
 from r1repro.io import atomic_write_json
-from r1repro.stage import NOTEBOOKS, RESULT_FOLDERS
+from r1repro.pipeline import result_folders, stage as pipeline_stage
+
+RESULT_FOLDERS = result_folders()
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -130,7 +132,7 @@ def test_distill_section_and_links_and_versions(tmp_path):
     for png in results.glob("*/plots/*.png"):
         assert png.resolve() in targets, png
     for stage, folder in RESULT_FOLDERS.items():
-        notebook = results / folder / NOTEBOOKS[stage]
+        notebook = results / folder / pipeline_stage(stage).notebook
         if notebook.is_file():
             assert notebook.resolve() in targets and notebook.with_suffix(".html").resolve() in targets
     for folder in RESULT_FOLDERS.values():
@@ -184,24 +186,8 @@ def test_smoke_like_results_say_not_run(tmp_path):
     probe_sft = section(text, "Probe and cold start")
     assert probe_sft.count(report.NOT_RUN) == 2
     files = section(text, "Plots and executed notebooks")
-    assert table_row(files, report.STAGE_TITLES["rl"])[1:] == [report.NOT_RUN, report.NOT_RUN]
+    assert table_row(files, pipeline_stage("rl").title)[1:] == [report.NOT_RUN, report.NOT_RUN]
     assert all((dest.parent / t).is_file() for t in links(text))
-
-
-def test_staging_folder_is_read_there_and_linked_where_it_lands(tmp_path):
-    results = smoke_results(tmp_path)
-    staging = results / ".eval.k2x_9q.tmp"
-    shutil.copytree(results / "eval", staging)
-    shutil.rmtree(results / "eval")
-    (staging / NOTEBOOKS["evaluate"]).write_text("{}")
-    (staging / "metrics.json").write_text((staging / "metrics.json").read_text().replace("0.25", "0.75"))
-    text = report.write_report(results, eval_dir=staging).read_text()
-    assert table_row(text, "base")[1].startswith("75.0% [")
-    assert "eval/plots/mean_at_k.png" in links(text)
-    assert f"eval/{NOTEBOOKS['evaluate']}" in links(text)
-    assert not any(".tmp" in t for t in links(text))
-    assert report.final_location(staging) == results / "eval"
-    assert report.final_location(results / "dev" / "evaluate") == results / "dev" / "evaluate"
 
 
 def test_a_failed_build_keeps_the_previous_report(tmp_path):
@@ -218,10 +204,10 @@ def test_a_failed_build_keeps_the_previous_report(tmp_path):
 def test_dev_run_writes_beside_the_dev_folders(tmp_path):
     results = smoke_results(tmp_path)
     dev = results / "dev"
-    shutil.copytree(results / "eval", dev / "evaluate")
-    dest = report.write_report(dev, eval_dir=dev / "evaluate")
+    shutil.copytree(results / "eval", dev / "eval")
+    dest = report.write_report(dev)
     assert dest == dev / report.REPORT_NAME
-    assert "evaluate/plots/mean_at_k.png" in links(dest.read_text())
+    assert "eval/plots/mean_at_k.png" in links(dest.read_text())
 
 
 def test_rl_change_reads_with_its_paired_interval_and_verdict():

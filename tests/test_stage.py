@@ -15,7 +15,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from r1repro import stage
+from r1repro import config, stage
+from r1repro.pipeline import stage as pipeline_stage
+
+PROBE_NOTEBOOK = pipeline_stage("probe").notebook
 
 
 def _notebook(*cells: str) -> str:
@@ -37,6 +40,7 @@ def scratch(tmp_path: Path, repo_root: Path) -> Path:
     good = tmp_path / "results" / "probe"
     good.mkdir(parents=True)
     (good / "metrics.json").write_text('{"good": 1}')
+    config.write_resolved(tmp_path)  # what dvc.yaml's params stage does before every other stage
     return tmp_path
 
 
@@ -46,35 +50,45 @@ def _run_stage(root: Path) -> subprocess.CompletedProcess:
 
 
 def test_failing_notebook_keeps_previous_results(scratch: Path) -> None:
-    (scratch / "notebooks" / stage.NOTEBOOKS["probe"]).write_text(
+    (scratch / "notebooks" / PROBE_NOTEBOOK).write_text(
         _notebook("raise RuntimeError('the model exploded')"))
     (scratch / "results" / ".probe.stale.tmp").mkdir()  # left by a run that was killed
     result = _run_stage(scratch)
     assert result.returncode == 1
     assert "RuntimeError: the model exploded" in result.stderr
     assert json.loads((scratch / "results" / "probe" / "metrics.json").read_text()) == {"good": 1}
-    failed = scratch / stage.FAILED_DIR / stage.NOTEBOOKS["probe"]
+    failed = scratch / stage.FAILED_DIR / PROBE_NOTEBOOK
     assert "the model exploded" in failed.read_text()
     assert not list((scratch / "results").glob(".probe.*.tmp"))
 
 
 def test_successful_notebook_replaces_results(scratch: Path) -> None:
-    (scratch / "notebooks" / stage.NOTEBOOKS["probe"]).write_text(_notebook(
+    (scratch / "notebooks" / PROBE_NOTEBOOK).write_text(_notebook(
         "import json, pathlib\n"
         "pathlib.Path(out_dir, 'metrics.json').write_text(json.dumps({'seed': common['seed']}))"))
     result = _run_stage(scratch)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((scratch / "results" / "probe" / "metrics.json").read_text())
     assert metrics == {"seed": 1234}
-    executed = json.loads((scratch / "results" / "probe" / stage.NOTEBOOKS["probe"]).read_text())
+    executed = json.loads((scratch / "results" / "probe" / PROBE_NOTEBOOK).read_text())
     assert any("injected-parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
-    assert (scratch / "results" / "probe" / stage.NOTEBOOKS["probe"]).with_suffix(".html").is_file()
+    assert (scratch / "results" / "probe" / PROBE_NOTEBOOK).with_suffix(".html").is_file()
+
+
+def test_params_edited_since_they_were_resolved_stop_the_stage(scratch: Path) -> None:
+    params = scratch / "params.yaml"
+    params.write_text(params.read_text().replace("  seed: 1234", "  seed: 4321"))
+    (scratch / "notebooks" / PROBE_NOTEBOOK).write_text(_notebook("raise SystemExit(9)"))
+    result = _run_stage(scratch)
+    assert result.returncode == 2
+    assert "results/params.yaml is missing or out of date with params.yaml" in result.stderr
+    assert json.loads((scratch / "results" / "probe" / "metrics.json").read_text()) == {"good": 1}
 
 
 def test_bad_params_stop_before_any_work(scratch: Path) -> None:
     params = scratch / "params.yaml"
     params.write_text(params.read_text().replace("  seed: 1234", "  seed: 1234\n  sede: 1"))
-    (scratch / "notebooks" / stage.NOTEBOOKS["probe"]).write_text(_notebook("raise SystemExit(9)"))
+    (scratch / "notebooks" / PROBE_NOTEBOOK).write_text(_notebook("raise SystemExit(9)"))
     result = _run_stage(scratch)
     assert result.returncode == 2
     assert "common.sede" in result.stderr

@@ -3,11 +3,14 @@
 `params.yaml` is grouped by stage (STYLE.md, convention 2). This module turns it into pydantic
 models so that an unknown key or a bad value is reported by its dotted name before any work starts:
 
-    python -m r1repro.config check                 # validate params.yaml
-    python -m r1repro.config apply profiles/gpu.yaml   # merge a profile into params.yaml
+    python -m r1repro.config check          # validate params.yaml with the active profile
+    python -m r1repro.config use gpu        # make profiles/gpu.yaml the active profile (`use none`: none)
+    python -m r1repro.config resolve        # write results/params.yaml (what dvc.yaml's `params` stage runs)
 
-Profiles (`profiles/*.yaml`) hold only the keys that differ from `params.yaml`; `apply` merges one in
-and validates the result before it writes anything.
+Profiles (`profiles/*.yaml`) hold only the keys that differ from `params.yaml`. Which one is active is
+written in `profiles/active.yaml`, never into params.yaml: params.yaml stays the CPU default, comments
+and all. The pipeline's first stage merges the two into `results/params.yaml`, the validated settings
+every later stage reads and DVC tracks, committed beside the results they made.
 """
 
 from __future__ import annotations
@@ -23,8 +26,15 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
 
 from r1repro.templates import TEMPLATES
 
+from r1repro.pipeline import NOTEBOOK_STAGES
+
 PARAMS_FILE = "params.yaml"
-STAGES = ("probe", "sft", "rl", "distill", "evaluate")
+PROFILES_DIR = "profiles"
+# Names the active profile (`profile: gpu`), or none (`profile: null`): params.yaml as it is.
+ACTIVE_PROFILE_FILE = "profiles/active.yaml"
+# params.yaml merged with the active profile: what the stages read and dvc.yaml tracks.
+RESOLVED_FILE = "results/params.yaml"
+STAGES = NOTEBOOK_STAGES
 # Named collections: a profile that sets one replaces it whole (a GPU profile's model list must not
 # inherit the CPU default's models), where settings sections are merged key by key.
 REPLACED_COLLECTIONS = ("models", "benchmarks", "students", "runs")
@@ -563,15 +573,92 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def load_params(root: Path | None = None, profile: str | None = None) -> Params:
-    """Load and validate params.yaml, optionally with profiles/<profile>.yaml merged on top."""
+def active_profile(root: Path | None = None) -> str | None:
+    """The profile named in profiles/active.yaml, or None (no file, or `profile: null`)."""
+    path = (root or repo_root()) / ACTIVE_PROFILE_FILE
+    if not path.is_file():
+        return None
+    name = read_yaml(path).get("profile")
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"{path}: `profile` must be a profile name (a file in {PROFILES_DIR}/) or null; "
+                          f"got {name!r}")
+    return name or None
+
+
+def profile_path(root: Path, profile: str) -> Path:
+    """profiles/<profile>.yaml, with an error listing the profiles when there is no such file."""
+    path = root / PROFILES_DIR / f"{profile}.yaml"
+    if not path.is_file() or profile == "active":
+        names = sorted(p.stem for p in (root / PROFILES_DIR).glob("*.yaml") if p.stem != "active")
+        raise ConfigError(f"no profile {profile!r}: expected one of {', '.join(names)} (files in "
+                          f"{PROFILES_DIR}/), or none")
+    return path
+
+
+def merged_params(root: Path | None = None, profile: str | None = None) -> tuple[dict[str, Any], str]:
+    """params.yaml with `profile` merged in (default: the active profile), unvalidated, and its source."""
     root = root or repo_root()
     data = read_yaml(root / PARAMS_FILE)
-    source = PARAMS_FILE
-    if profile:
-        data = deep_merge(data, read_yaml(root / "profiles" / f"{profile}.yaml"))
-        source = f"{PARAMS_FILE} + profiles/{profile}.yaml"
+    profile = active_profile(root) if profile is None else (profile if profile != "none" else None)
+    if not profile:
+        return data, PARAMS_FILE
+    return deep_merge(data, read_yaml(profile_path(root, profile))), f"{PARAMS_FILE} + profiles/{profile}.yaml"
+
+
+def load_params(root: Path | None = None, profile: str | None = None) -> Params:
+    """Load and validate params.yaml with a profile merged on top (default: the active one; "none": none)."""
+    data, source = merged_params(root, profile)
     return validate(data, source)
+
+
+def resolved_text(data: dict[str, Any], source: str) -> str:
+    """The text of results/params.yaml: a header naming its source, then the merged settings."""
+    return (f"# Written by `python -m r1repro.config resolve` from {source}: edit those, not this file.\n"
+            + yaml.safe_dump(data, sort_keys=False))
+
+
+def write_resolved(root: Path | None = None) -> Params:
+    """Validate params.yaml with the active profile and write it to results/params.yaml (atomically)."""
+    from r1repro.io import atomic_write_text
+
+    root = root or repo_root()
+    data, source = merged_params(root)
+    params = validate(data, source)
+    atomic_write_text(root / RESOLVED_FILE, resolved_text(data, source))
+    return params
+
+
+def load_resolved(root: Path | None = None) -> Params:
+    """The settings a stage runs with: results/params.yaml, checked to be up to date.
+
+    Raises:
+        ConfigError: the file is missing or older than params.yaml / the active profile (a stage run
+            by hand after an edit): `dvc repro` rewrites it first.
+    """
+    root = root or repo_root()
+    path = root / RESOLVED_FILE
+    data, source = merged_params(root)
+    params = validate(data, source)  # a bad key is named first, whatever the state of the file
+    if not path.is_file() or path.read_text(encoding="utf-8") != resolved_text(data, source):
+        raise ConfigError(f"{RESOLVED_FILE} is missing or out of date with {source}: run `dvc repro` (its "
+                          "`params` stage rewrites it) or `python -m r1repro.config resolve`")
+    return params
+
+
+def use_profile(profile: str, root: Path | None = None) -> Params:
+    """Make `profile` the active one ("none": none), after validating the merge; params.yaml is untouched."""
+    from r1repro.io import atomic_write_text
+
+    root = root or repo_root()
+    name = None if profile == "none" else profile
+    params = load_params(root, profile or "none")
+    text = ("# The active profile: null (params.yaml as it is, the embedded CPU default) or a file name\n"
+            "# in profiles/ without .yaml. Set with `python -m r1repro.config use NAME` (or `use none`).\n"
+            f"profile: {name or 'null'}\n")
+    path = root / ACTIVE_PROFILE_FILE
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)
+    return params
 
 
 def stage_config(stage: str, common: dict | None = None, section: dict | None = None,
@@ -593,37 +680,29 @@ def stage_config(stage: str, common: dict | None = None, section: dict | None = 
         raise ConfigError(_format_errors(err, f"{stage} parameters")) from None
 
 
-def apply_profile(profile_path: Path, root: Path | None = None) -> Params:
-    """Merge a profile into params.yaml in place, after validating the result."""
-    root = root or repo_root()
-    params_path = root / PARAMS_FILE
-    merged = deep_merge(read_yaml(params_path), read_yaml(profile_path))
-    params = validate(merged, f"{PARAMS_FILE} + {profile_path}")
-    from r1repro.io import atomic_write_text
-
-    atomic_write_text(params_path, yaml.safe_dump(merged, sort_keys=False))
-    return params
-
-
 def main(argv: list[str] | None = None) -> int:
-    """`check` validates params.yaml; `apply PROFILE` merges a profile into it."""
+    """`check` validates; `use PROFILE` picks the active profile; `resolve` writes results/params.yaml."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        if argv[:1] == ["check"]:
+        if argv == ["check"]:
             load_params()
-            print(f"{PARAMS_FILE}: ok")
+            print(f"{PARAMS_FILE} (profile: {active_profile() or 'none'}): ok")
             return 0
-        if argv[:1] == ["apply"] and len(argv) == 2:
-            apply_profile(Path(argv[1]))
-            print(f"{PARAMS_FILE}: merged {argv[1]}")
+        if argv[:1] == ["use"] and len(argv) == 2:
+            use_profile(argv[1])
+            print(f"{ACTIVE_PROFILE_FILE}: profile {argv[1]}")
+            return 0
+        if argv == ["resolve"]:
+            write_resolved()
+            print(f"{RESOLVED_FILE}: {PARAMS_FILE} (profile: {active_profile() or 'none'})")
             return 0
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:  # e.g. a full disk while writing params.yaml (left as it was)
+    except OSError as err:  # e.g. a full disk while writing (the previous file is left as it was)
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print("usage: python -m r1repro.config check | apply PROFILE.yaml", file=sys.stderr)
+    print("usage: python -m r1repro.config check | use PROFILE|none | resolve", file=sys.stderr)
     return 2
 
 

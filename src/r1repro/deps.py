@@ -34,8 +34,9 @@ SOURCE_PREFIX = f"src/{PACKAGE}/"
 _MODULE_STRING = re.compile(rf"{PACKAGE}\.([A-Za-z_]\w*)")
 # What the params stage resolves (r1repro.config): the base file and every profile.
 PARAMS_INPUTS = ("params.yaml", "profiles")
-# What the report reads from each notebook stage's folder.
+# What the report reads from each notebook stage's folder, and besides them.
 REPORT_INPUTS = ("metrics.json", "protocol.json")
+REPORT_EXTRA_INPUTS = ("results/eval/distill_vs_rl.md",)
 
 
 def _modules_named(tree: ast.AST, known: set[str]) -> set[str]:
@@ -104,11 +105,13 @@ def import_closure(roots: set[str], sources: dict[str, str] | None = None,
 
 
 def code_closure(s: Stage, root: Path) -> set[str]:
-    """The modules a stage's code reaches: its notebook's imports and the runner, or its script module."""
+    """The modules a stage's code reaches: its notebook's imports and the runner, or its script module,
+    and the module its launched training processes run (`Stage.trains`)."""
+    trains = {s.trains} if s.trains else set()
     if s.notebook:
         notebook = root / "notebooks" / s.notebook
-        return import_closure({"stage"}, {str(notebook): notebook_source(notebook)})
-    return import_closure({s.module})
+        return import_closure({"stage"} | trains, {str(notebook): notebook_source(notebook)})
+    return import_closure({s.module} | trains)
 
 
 def stage_deps(s: Stage, root: Path) -> list[str]:
@@ -119,7 +122,7 @@ def stage_deps(s: Stage, root: Path) -> list[str]:
         inputs = list(PARAMS_INPUTS)
     elif s.name == "report":
         inputs = [f"{RESULTS_DIR}/{folder}/{name}" for folder in result_folders().values()
-                  for name in REPORT_INPUTS]
+                  for name in REPORT_INPUTS] + list(REPORT_EXTRA_INPUTS)
     else:
         inputs = list(s.inputs)
     return head + code + inputs

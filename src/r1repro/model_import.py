@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from r1repro.config import ConfigError, ModelImportParams, load_params, repo_root
+from r1repro.config import ConfigError, ModelImportParams, load_resolved, repo_root
 from r1repro.io import staged_dir
 from r1repro.modeling import check_source, hub_error
 
@@ -86,7 +86,7 @@ def import_model(params: ModelImportParams, root: Path, trust_remote_code: bool 
 def main() -> int:
     try:
         root = repo_root()
-        params = load_params(root)
+        params = load_resolved(root)
         out = import_model(params.model, root, params.common.trust_remote_code)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -2,15 +2,14 @@
 
     python -m r1repro.report             # rebuild results/REPORT.md from results/<stage>/
 
-The evaluate notebook calls `write_report` as its last cell, so `dvc repro` refreshes the report with
-every evaluation. Every number is read from a stage's `metrics.json`, every setting and library version
-from its `protocol.json`; nothing is recomputed here. A stage whose folder or numbers are missing (a
-stage not run yet, a smoke run with no distillation student) reads "not run" instead of failing.
+It is the pipeline's last stage (`report` in dvc.yaml), whose deps are every stage's `metrics.json`
+and `protocol.json`: rerunning any stage makes the report stale, and `dvc repro` rebuilds it. Every
+number is read from a stage's `metrics.json`, every setting and library version from its
+`protocol.json`; nothing is recomputed here. A stage whose folder or numbers are missing (a stage not
+run yet, a smoke run with no distillation student) reads "not run" instead of failing.
 
 The report is built in memory and written through a temporary file and a rename, so a failed run
-leaves the previous report whole. While the evaluate stage runs, its files are in a staging folder
-(`results/.eval.XXXX.tmp`, see `r1repro.io.staged_dir`); the report reads them there and links them
-where the stage runner puts them when the run succeeds (`results/eval/`).
+leaves the previous report whole.
 """
 
 from __future__ import annotations
@@ -25,23 +24,20 @@ from pathlib import Path
 from typing import Any
 
 from r1repro.io import atomic_write_text
-from r1repro.stage import NOTEBOOKS, RESULT_FOLDERS, RESULTS_DIR
+from r1repro.pipeline import RESULTS_DIR, result_folders, stage as pipeline_stage
 
 REPORT_NAME = "REPORT.md"
 NOT_RUN = "not run"
 # Written by the evaluate notebook beside its tables; included as the "Distill vs RL" section.
 DISTILL_VS_RL = "distill_vs_rl.md"
-STAGE_TITLES = {"probe": "1. Probe base models", "sft": "2. Cold-start SFT", "rl": "3. GRPO vs Dr. GRPO",
-                "distill": "4. Distillation", "evaluate": "5. Evaluation"}
 
 
 @dataclass(frozen=True)
 class StageFolder:
-    """One stage's results: where its files are read now, and where links to them point."""
+    """One stage's results folder."""
 
     stage: str
     path: Path
-    final: Path
 
     def json(self, name: str) -> dict | None:
         """A JSON file of the folder, or None when it is missing."""
@@ -49,19 +45,9 @@ class StageFolder:
         return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
 
 
-def final_location(path: Path) -> Path:
-    """Where a staging folder `.NAME.XXXX.tmp` lands when its stage succeeds (`NAME` beside it)."""
-    match = re.fullmatch(r"\.(.+)\.[^.]+\.tmp", path.name)
-    return path.with_name(match.group(1)) if match else path
-
-
-def stage_folders(results_dir: Path, eval_dir: Path | None = None) -> dict[str, StageFolder]:
-    """Each stage's folder under `results_dir`; the evaluate stage's may be given (its staging folder)."""
-    folders = {}
-    for stage, name in RESULT_FOLDERS.items():
-        path = Path(eval_dir) if stage == "evaluate" and eval_dir else results_dir / name
-        folders[stage] = StageFolder(stage, path, final_location(path))
-    return folders
+def stage_folders(results_dir: Path) -> dict[str, StageFolder]:
+    """Each notebook stage's folder under `results_dir`, in pipeline order."""
+    return {stage: StageFolder(stage, results_dir / name) for stage, name in result_folders().items()}
 
 
 # --- formatting -----------------------------------------------------------------------------------
@@ -99,9 +85,8 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def link(folder: StageFolder, file: Path, report_dir: Path, text: str | None = None) -> str:
-    """A markdown link from the report to `file` of `folder`, at the file's final location."""
-    target = folder.final / file.relative_to(folder.path)
-    rel = Path(os.path.relpath(target, report_dir)).as_posix()
+    """A markdown link from the report to `file` of `folder`."""
+    rel = Path(os.path.relpath(file, report_dir)).as_posix()
     return f"[{text or file.name}]({rel})"
 
 
@@ -139,7 +124,7 @@ def eval_section(folder: StageFolder, report_dir: Path) -> list[str]:
     lines = ["## Evaluation: pass@1 by model and benchmark", ""]
     m = folder.json("metrics.json")
     if not m or not m.get("mean@k"):
-        return lines + [not_run(f"no evaluation metrics in {folder.final.name}/")]
+        return lines + [not_run(f"no evaluation metrics in {folder.path.name}/")]
     benches = benchmark_order(m.get("n_questions", {}))
     sizes = {b: max(int(m["n_questions"][mod].get(b) or 0) for mod in m["n_questions"]) for b in benches}
     rows = []
@@ -199,8 +184,8 @@ def rl_section(folder: StageFolder) -> list[str]:
     lines = ["## GRPO vs Dr. GRPO", ""]
     m = folder.json("metrics.json")
     if not m or not m.get("runs"):
-        return lines + [not_run(f"no runs in {folder.final.name}/metrics.json" if m else
-                                f"no {folder.final.name}/metrics.json")]
+        return lines + [not_run(f"no runs in {folder.path.name}/metrics.json" if m else
+                                f"no {folder.path.name}/metrics.json")]
     start, runs = m.get("start", {}), m["runs"]
     rows = []
     for name, r in runs.items():
@@ -247,7 +232,7 @@ def distill_section(folder: StageFolder) -> list[str]:
     lines = ["## Distillation", ""]
     m = folder.json("metrics.json")
     if not m:
-        return lines + [not_run(f"no {folder.final.name}/metrics.json")]
+        return lines + [not_run(f"no {folder.path.name}/metrics.json")]
     t = m.get("traces", {})
     teacher = (folder.json("protocol.json") or {}).get("teacher")
     if t:
@@ -288,7 +273,7 @@ def distill_vs_rl_section(folder: StageFolder) -> list[str]:
     lines = ["## Distill vs RL", ""]
     file = folder.path / DISTILL_VS_RL
     if not file.is_file():
-        return lines + [not_run(f"no {folder.final.name}/{DISTILL_VS_RL}")]
+        return lines + [not_run(f"no {folder.path.name}/{DISTILL_VS_RL}")]
     return lines + [nest_markdown(file.read_text(encoding="utf-8"))]
 
 
@@ -320,26 +305,22 @@ def files_section(folders: dict[str, StageFolder], report_dir: Path) -> list[str
     rows = []
     for stage, folder in folders.items():
         if not folder.path.is_dir():
-            rows.append([STAGE_TITLES[stage], NOT_RUN, NOT_RUN])
+            rows.append([pipeline_stage(stage).title, NOT_RUN, NOT_RUN])
             continue
         plots = [link(folder, p, report_dir, p.stem) for p in sorted(folder.path.glob("plots/*.png"))]
-        rows.append([STAGE_TITLES[stage], ", ".join(plots) or "none", notebook_links(folder, report_dir)])
+        rows.append([pipeline_stage(stage).title, ", ".join(plots) or "none", notebook_links(folder, report_dir)])
     return ["## Plots and executed notebooks", "", md_table(["stage", "plots", "notebook"], rows)]
 
 
 def notebook_links(folder: StageFolder, report_dir: Path) -> str:
-    """Links to the stage's executed notebook and its HTML rendering.
-
-    A staging folder holds the notebook while it runs; the runner adds the HTML when the run ends.
-    """
-    staging = folder.final != folder.path
-    name = NOTEBOOKS[folder.stage]
+    """Links to the stage's executed notebook and its HTML rendering."""
+    name = pipeline_stage(folder.stage).notebook
     notebook = folder.path / name
-    if not notebook.is_file() and not staging:
+    if not notebook.is_file():
         return "none"
     parts = [link(folder, notebook, report_dir, name)]
     html = notebook.with_suffix(".html")
-    if html.is_file() or staging:
+    if html.is_file():
         parts.append(link(folder, html, report_dir, "html"))
     return " (".join(parts) + ")" * (len(parts) - 1)
 
@@ -396,19 +377,18 @@ def protocol_section(folders: dict[str, StageFolder]) -> list[str]:
 
 # --- the report -----------------------------------------------------------------------------------
 
-def build_report(results_dir: Path, eval_dir: Path | None = None, report_dir: Path | None = None) -> str:
+def build_report(results_dir: Path, report_dir: Path | None = None) -> str:
     """The report's markdown text.
 
     Args:
         results_dir: the folder holding one subfolder per stage (`probe`, `sft`, `rl`, `distill`, `eval`).
-        eval_dir: the evaluate stage's folder when it is not `results_dir/eval` (its staging folder).
         report_dir: the folder the report will be written to (links are relative to it).
     Returns:
         Markdown: intro, headline table, RL, distillation, distill vs RL, earlier stages, files, protocol.
     """
     results_dir = Path(results_dir)
     report_dir = Path(report_dir or results_dir)
-    folders = stage_folders(results_dir, eval_dir)
+    folders = stage_folders(results_dir)
     intro = ["# Results report", "",
              "A review of one `dvc repro` run, built by `r1repro.report` from the result folders beside "
              "this file: every number comes from a stage's `metrics.json`, every setting from its "
@@ -419,20 +399,18 @@ def build_report(results_dir: Path, eval_dir: Path | None = None, report_dir: Pa
     return "\n\n".join("\n".join(s).strip() for s in sections) + "\n"
 
 
-def write_report(results_dir: Path | str, eval_dir: Path | str | None = None,
-                 dest: Path | str | None = None) -> Path:
+def write_report(results_dir: Path | str, dest: Path | str | None = None) -> Path:
     """Build the report and write it atomically (temporary file, then rename).
 
     Args:
         results_dir: the folder holding the stage folders (usually `results/`).
-        eval_dir: the evaluate stage's folder if not `results_dir/eval` (its staging folder mid-run).
         dest: where to write; default `results_dir/REPORT.md`.
     Returns:
         The path written.
     """
     results_dir = Path(results_dir)
     dest = Path(dest) if dest else results_dir / REPORT_NAME
-    text = build_report(results_dir, Path(eval_dir) if eval_dir else None, dest.parent)
+    text = build_report(results_dir, dest.parent)
     atomic_write_text(dest, text)
     missing = text.count(f"_{NOT_RUN}_")
     print(f"[report] {dest}: {len(text.splitlines())} lines, {missing} part(s) not run")

@@ -61,11 +61,31 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+# CPU features that decide what a 2-core machine can do fast: bf16 matmuls run natively only with
+# AMX or avx512_bf16 (elsewhere torch emulates them, several times slower than float32).
+CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2", "fma")
+
+
+def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
+    """The CPU's model name and which of CPU_FLAGS it has (Linux /proc/cpuinfo; empty elsewhere)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                  if line.startswith("model name")), platform.processor() or "unknown")
+    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
+                      if line.startswith("flags")), []))
+    return {"cpu_model": model, "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS}}
+
+
 def hardware() -> dict[str, Any]:
-    """The machine a result came from (CPU count, GPU name if any)."""
+    """The machine a result came from: CPU model, cores and bf16-relevant flags, torch threads, GPU."""
     import torch
 
-    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "machine": platform.machine()}
+    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "machine": platform.machine(), **cpu_info(),
+                            "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_count"] = torch.cuda.device_count()
@@ -95,6 +115,7 @@ def protocol(ctx: StageContext, **extra: Any) -> dict[str, Any]:
         "params": ctx.cfg.model_dump(mode="json"),
         "common": ctx.common.model_dump(mode="json"),
         "libraries": library_versions(),
+        "hardware": hardware(),
         **extra,
     }
 

@@ -2,7 +2,8 @@
 
     python -m r1repro.stage probe        # what `dvc repro` runs for the probe stage
 
-The whole of params.yaml is validated first, so a bad key stops the run before any work. The notebook
+The settings come from results/params.yaml (params.yaml merged with the active profile by the
+pipeline's `params` stage) and are validated first, so a bad key stops the run before any work. The notebook
 runs with the repository as its working directory and writes everything into a staging folder; only a
 run that finishes replaces `results/<stage>/`, so a failed run never overwrites good results. The
 executed notebook is saved there too (and as HTML, for reading without Jupyter).
@@ -16,19 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from r1repro.config import STAGES, ConfigError, load_params, repo_root
-from r1repro.io import staged_dir
-
-NOTEBOOKS = {
-    "probe": "01_probe_base_models.ipynb",
-    "sft": "02_cold_start_sft.ipynb",
-    "rl": "03_grpo_vs_dr_grpo.ipynb",
-    "distill": "04_distill.ipynb",
-    "evaluate": "05_evaluate.ipynb",
-}
-RESULTS_DIR = "results"
-# Where each stage writes; evaluation results live in results/eval, as the report links them.
-RESULT_FOLDERS = {"probe": "probe", "sft": "sft", "rl": "rl", "distill": "distill", "evaluate": "eval"}
+from r1repro.config import STAGES, ConfigError, load_resolved, repo_root
+from r1repro.io import atomic_write_json, read_json_or_none, staged_dir
+from r1repro.pipeline import RESULTS_DIR, stage as pipeline_stage
 # A failed run's executed notebook goes here (git-ignored), to read the traceback in context.
 FAILED_DIR = "results/failed"
 
@@ -78,20 +69,31 @@ def keep_failed_notebook(stage: str, executed: Path, root: Path) -> Path | None:
     return dest
 
 
+def record_wall_time(protocol_path: Path, seconds: float) -> None:
+    """Add the stage's wall time (the whole notebook, from kernel start to its last cell) to its
+    protocol.json, beside the hardware the notebook recorded; written when the notebook wrote none.
+
+    In protocol.json, not metrics.json: the time differs run to run, the metrics must not.
+    """
+    record = read_json_or_none(protocol_path) or {}
+    atomic_write_json(protocol_path, {**record, "wall_s": round(seconds, 1)})
+
+
 def run_stage(stage: str, root: Path | None = None, html: bool = True) -> Path:
     """Execute the stage's notebook; return the results folder it filled."""
+    start = time.time()
     import papermill
 
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     root = root or repo_root()
-    params = load_params(root)
-    notebook = root / "notebooks" / NOTEBOOKS[stage]
-    target = root / RESULTS_DIR / RESULT_FOLDERS[stage]
-    start = time.time()
+    params = load_resolved(root)
+    spec = pipeline_stage(stage)
+    notebook = root / "notebooks" / spec.notebook
+    target = root / RESULTS_DIR / spec.results
     remove_stale_staging(target)
     with staged_dir(target) as tmp:
-        executed = tmp / NOTEBOOKS[stage]
+        executed = tmp / spec.notebook
         try:
             papermill.execute_notebook(
                 str(notebook), str(executed), parameters=notebook_parameters(stage, params, tmp),
@@ -104,6 +106,7 @@ def run_stage(stage: str, root: Path | None = None, html: bool = True) -> Path:
             raise
         if html:
             _export_html(executed)
+        record_wall_time(tmp / "protocol.json", time.time() - start)
     print(summary_line(stage, target, time.time() - start))
     return target
 
