@@ -146,19 +146,63 @@ def test_stale_resolved_params_are_refused(tmp_path: Path, repo_root: Path) -> N
 
 def test_training_rows_that_another_stage_holds_out_are_refused(params_dict: dict) -> None:
     # SFT's examples end up in the model RL starts from, so RL's held-out rows must not be among them.
-    params_dict["sft"]["train_questions"] = {"file": "train/asdiv.jsonl", "limit": 1300}
+    params_dict["splits"] = None  # the same check without the train/dev/test split
+    params_dict["sft"]["train_questions"] = {"file": "train/asdiv.jsonl", "limit": 150, "offset": 1150}
     params_dict["rl"]["heldout"] = {"file": "train/asdiv.jsonl", "limit": 256, "offset": 1200}
-    with pytest.raises(ConfigError, match=r"sft\.train_questions \(rows 0-1299\) and rl\.heldout "
+    with pytest.raises(ConfigError, match=r"sft\.train_questions \(rows 1150-1299\) and rl\.heldout "
                                           r"\(rows 1200-1455\) share rows of train/asdiv\.jsonl"):
         validate(params_dict)
 
 
 def test_training_rows_inside_an_evaluation_benchmark_are_refused(params_dict: dict) -> None:
-    params_dict["evaluate"]["benchmarks"]["asdiv_heldout"] = {"file": "train/asdiv.jsonl", "limit": 8,
-                                                              "offset": 40}
+    params_dict["splits"] = None
+    params_dict["evaluate"]["benchmarks"]["asdiv_test"] = {"file": "train/asdiv.jsonl", "limit": 8,
+                                                           "offset": 40}
     params_dict["distill"]["prompts"] = {"file": "train/asdiv.jsonl", "offset": 32}  # every row from 32 on
     with pytest.raises(ConfigError, match=r"distill\.prompts \(rows 32-\) and "
-                                          r"evaluate\.benchmarks\.asdiv_heldout \(rows 40-47\)"):
+                                          r"evaluate\.benchmarks\.asdiv_test \(rows 40-47\)"):
+        validate(params_dict)
+
+
+def test_shipped_split_is_disjoint_and_every_subset_in_its_place(repo_root: Path) -> None:
+    params = load_params(repo_root)
+    split = params.splits
+    assert split.report_on == "test"
+    for key, subset in params.training_subsets().items():
+        assert subset.file != split.file or split.train.holds(subset), key
+    reported = params.reported_subsets()
+    assert {"probe.questions", "sft.heldout", "rl.heldout", "distill.heldout"} <= set(reported)
+    for key, subset in reported.items():
+        assert subset.file != split.file or split.test.holds(subset), key
+
+
+def test_reported_rows_outside_the_test_split_are_refused(params_dict: dict) -> None:
+    params_dict["rl"]["heldout"] = {"file": "train/asdiv.jsonl", "limit": 256, "offset": 1200}  # dev rows
+    with pytest.raises(ConfigError, match=r"rl\.heldout \(rows 1200-1455\) lies outside splits\.test "
+                                          r"\(rows 600-1199\)"):
+        validate(params_dict)
+
+
+def test_training_rows_outside_the_train_split_are_refused(params_dict: dict) -> None:
+    params_dict["rl"]["prompts"] = {"file": "train/asdiv.jsonl", "limit": 700}
+    with pytest.raises(ConfigError, match=r"rl\.prompts \(rows 0-699\) lies outside splits\.train"):
+        validate(params_dict)
+
+
+def test_report_on_dev_points_every_check_at_dev(params_dict: dict) -> None:
+    params_dict["splits"]["report_on"] = "dev"
+    with pytest.raises(ConfigError, match=r"probe\.questions \(rows 600-631\) lies outside splits\.dev"):
+        validate(params_dict)
+    dev = {"file": "train/asdiv.jsonl", "limit": 32, "offset": 1200}
+    for section, key in (("probe", "questions"), ("sft", "heldout"), ("rl", "heldout"), ("distill", "heldout")):
+        params_dict[section][key] = dev
+    params_dict["evaluate"]["benchmarks"] = {"asdiv_dev": dev}
+    assert validate(params_dict).splits.report_on == "dev"
+
+
+def test_overlapping_splits_are_refused(params_dict: dict) -> None:
+    params_dict["splits"]["dev"] = {"offset": 1100}
+    with pytest.raises(ConfigError, match=r"splits\.dev \(rows 1100-\) and splits\.test \(rows 600-1199\) overlap"):
         validate(params_dict)
 
 

@@ -52,7 +52,7 @@ def test_tables_and_metrics_json(records: list[dict]) -> None:
     more = [dict(r, model="m2", correct=False) for r in records]
     summary = evaluation.summarize_records(records + more, n_boot=100, seed=1)
     table = evaluation.markdown_table(summary, "mean@k")
-    assert "| b (n=2) |" in table
+    assert "| b (n=2, CI width 25 pts) |" in table  # the median interval width over models
     assert "| m | 50.0 [" in table and "| m2 | 0.0 [" in table
     nested = evaluation.metrics_json(summary)
     assert nested["mean@k"]["m"]["b"] == pytest.approx(0.5)
@@ -110,21 +110,59 @@ class _Tok:
     chat_template = None
 
 
-def test_generate_records_pools_benchmarks_and_can_skip_greedy() -> None:
-    benchmarks = {"a": [{"id": "a1", "problem": "P-a1", "answer": "1"}],
-                  "b": [{"id": "b1", "problem": "P-b1", "answer": "2"},
-                        {"id": "b2", "problem": "P-b2", "answer": "3"}]}
+def _evaluate(monkeypatch, tmp_path, benchmarks, **cfg):
+    """evaluation.evaluate_model with a counting generator in place of a model, cache in tmp_path."""
+    from r1repro import generation, modeling
+    from r1repro.config import CommonParams
+
+    gen, loads = _CountingGenerator(), []
+    monkeypatch.setattr(modeling, "load_tokenizer", lambda *a, **k: _Tok())
+    monkeypatch.setattr(generation, "generator_for", lambda common, model: loads.append(model) or gen)
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text("{}")
+    params = EvaluateParams(models={"m": str(model)}, benchmarks={"a": {"file": "f"}}, template="none", **cfg)
+    common = CommonParams(answer_cache_dir=str(tmp_path / "cache"))
+    return evaluation.evaluate_model(str(model), "m", benchmarks, params, common), gen, loads
+
+
+BENCHMARKS = {"a": [{"id": "a1", "problem": "P-a1", "answer": "1"}],
+              "b": [{"id": "b1", "problem": "P-b1", "answer": "2"}, {"id": "b2", "problem": "P-b2", "answer": "3"}]}
+
+
+def test_evaluate_model_pools_benchmarks_and_can_skip_greedy(monkeypatch, tmp_path) -> None:
+    recs, gen, _ = _evaluate(monkeypatch, tmp_path, BENCHMARKS, greedy_max_new_tokens=0)
     sampling = EvaluateParams(models={"m": "x"}, benchmarks={"a": {"file": "f"}}).sampling
-    gen = _CountingGenerator()
-    recs = evaluation.generate_records(gen, _Tok(), "m", benchmarks, "none", sampling, 0, seed=0)
     assert gen.calls == [(3, sampling.n, sampling.temperature)]  # one call for all benchmarks, no greedy
     assert {r["mode"] for r in recs} == {"sampled"}
     for r in recs:  # each response stays with its own benchmark, question and gold
         assert r["response"].startswith(r["prompt"]) and f"P-{r['question_id']}" in r["prompt"]
         assert r["benchmark"] == r["question_id"][0]
-    gen = _CountingGenerator()
-    recs = evaluation.generate_records(gen, _Tok(), "m", benchmarks, "none", sampling, 16, seed=0)
+    recs, gen, _ = _evaluate(monkeypatch, tmp_path, BENCHMARKS, greedy_max_new_tokens=16)
     assert gen.calls[0] == (3, 1, 0.0) and len(recs) == 3 * (1 + sampling.n)
     summary = evaluation.summarize_records([dict(r, correct=False, extracted=None, formatted=False)
                                             for r in recs if r["mode"] == "sampled"], n_boot=10)
     assert "greedy" not in evaluation.reported_metrics(summary)
+
+
+def test_greedy_covers_every_question_samples_only_the_first_ones(monkeypatch, tmp_path) -> None:
+    recs, gen, _ = _evaluate(monkeypatch, tmp_path, BENCHMARKS, greedy_max_new_tokens=16, sampled_limit=1)
+    greedy = {r["question_id"] for r in recs if r["mode"] == "greedy"}
+    sampled = {r["question_id"] for r in recs if r["mode"] == "sampled"}
+    assert greedy == {"a1", "b1", "b2"} and sampled == {"a1", "b1"}  # the first of each benchmark
+    graded = [dict(r, correct=r["question_id"] != "b2", extracted="1", formatted=True) for r in recs]
+    summary = evaluation.summarize_records(graded, n_boot=10)
+    b = summary[summary["benchmark"] == "b"].iloc[0]
+    assert (b["n_greedy"], b["n_questions"]) == (2, 1)
+    assert "| b (n=2, CI width" in evaluation.markdown_table(summary, "greedy")
+    assert "| b (n=1, CI width" in evaluation.markdown_table(summary, "mean@k")
+
+
+def test_a_second_evaluation_reads_greedy_answers_from_the_cache(monkeypatch, tmp_path) -> None:
+    _evaluate(monkeypatch, tmp_path, BENCHMARKS, greedy_max_new_tokens=16, sampled_limit=1)
+    recs, gen, loads = _evaluate(monkeypatch, tmp_path, BENCHMARKS, greedy_max_new_tokens=16, sampled_limit=1)
+    assert [c[2] for c in gen.calls] == [0.6]  # only the samples were generated again
+    assert len([r for r in recs if r["mode"] == "greedy"]) == 3
+    recs, gen, loads = _evaluate(monkeypatch, tmp_path, {"b": BENCHMARKS["b"]}, greedy_max_new_tokens=16,
+                                 sampled_limit=None, sampling={"n": 1, "temperature": 0.0})
+    assert gen.calls == [(2, 1, 0.0)]  # greedy "samples" are a separate request; greedy itself cached

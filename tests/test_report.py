@@ -230,3 +230,31 @@ def test_rl_change_reads_with_its_paired_interval_and_verdict():
     assert line == ["- Training prompts: 29 of 128 candidates kept by the pass-rate filter "
                     "(mean pass rate 12.7% over candidates, 45.0% over kept ones)."]
     assert report.prompt_filter_line(None) == []
+
+
+def test_the_report_opens_with_the_findings_and_times_every_stage(tmp_path):
+    from r1repro import findings
+    from test_findings import make_results
+
+    results = make_results(tmp_path)
+    for stage, folder in RESULT_FOLDERS.items():
+        protocol = results / folder / "protocol.json"
+        record = load(protocol) if protocol.is_file() else {}
+        atomic_write_json(protocol, {**_protocol(stage, 60.0 * (list(RESULT_FOLDERS).index(stage) + 1)), **record})
+    rows = findings.write_findings(results, n_boot=300)
+    text = report.write_report(results).read_text()
+    headings = re.findall(r"^## (.*)$", text, flags=re.M)
+    assert headings[0].startswith("Findings")
+    body = section(text, headings[0])
+    for row in rows:  # every claim with its verdict, as findings.json has it
+        assert re.search(rf"^\| {re.escape(row.claim)} \|.*\*\*{re.escape(row.verdict)}\*\* \|$", body, flags=re.M)
+    times = section(text, "Stage times")
+    assert table_row(times, pipeline_stage("probe").title)[1:] == ["60", "1.0"]
+    assert table_row(times, "**total**")[1] == f"**{60 * (1 + 2 + 3 + 4 + 5)}**"
+    assert "Test CPU, 2 cores" in times and "native bf16 False" in times
+
+
+def _protocol(stage: str, wall_s: float) -> dict:
+    return {"stage": stage, "params": {}, "common": {"seed": 1, "dtype": "float32"}, "libraries": {},
+            "wall_s": wall_s, "hardware": {"cpu_model": "Test CPU", "cpu_count": 2, "torch_threads": 2,
+                                           "cpu_native_bf16": False, "cpu_flags": {"avx2": True, "amx_bf16": False}}}

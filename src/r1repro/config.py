@@ -16,6 +16,8 @@ every later stage reads and DVC tracks, committed beside the results they made.
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -91,16 +93,22 @@ class CommonParams(Section):
         "transformers", description="rollout engine (r1repro.generation): plain generate, static KV cache "
         "+ torch.compile, continuous batching, or vLLM (RL falls back to transformers where vLLM cannot run)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["float32", "bfloat16"] = Field(
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "float32", description="precision that training computes in; weights and optimizer state stay "
-        "float32 (bfloat16: autocast mixed precision, fast on GPUs and on CPUs with AMX or avx512_bf16)")
-    inference_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        "float32 (bfloat16: autocast mixed precision, fast on GPUs and on CPUs with AMX or avx512_bf16; "
+        "auto: bfloat16 where the device computes it natively, else float32, resolved per machine and "
+        "recorded in each stage's protocol.json)")
+    inference_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
         None, description="weights of models loaded only to generate (probing, held-out checks, teachers, "
-        "evaluation); None: the same as dtype")
+        "evaluation); None: the same as dtype; auto: as for dtype")
     trust_remote_code: bool = Field(False, description="let transformers run code shipped with a model")
     grading_timeout_s: float = Field(5.0, gt=0.0, description="time bound for grading one response")
     grading_workers: int = Field(2, ge=1, description="processes that grade in parallel")
     generation_batch_size: int = Field(64, ge=1, description="sequences (prompts x samples) per batch, transformers backends")
+    answer_cache_dir: str | None = Field(
+        None, description="keep greedy answers here, keyed by model weights, prompt and decoding setup, so "
+        "a later stage asking the same model the same question reuses them (r1repro.answer_cache); "
+        "None: generate every time")
     data_dir: str = "data"
     num_processes: int = Field(
         1, ge=1, description="training processes, one per GPU; > 1 runs SFT, RL and distill training "
@@ -441,6 +449,8 @@ class DistillVsRl(Section):
     start: str = Field("base", description="the shared starting weights")
     rl: str = Field("dr_grpo", description="the RL route: cold-start SFT, then RL, from `start`")
     distilled: str = Field("distill_llama_smollm2", description="the student distilled from `start`")
+    benchmark: str = Field("asdiv_test", description="the evaluate benchmark the findings compare them on "
+                           "(greedy, paired over its questions)")
 
 
 class EvaluateParams(Section):
@@ -451,6 +461,9 @@ class EvaluateParams(Section):
     template: Template = "r1"
     sampling: SamplingParams = SamplingParams(n=4, temperature=0.6, top_p=0.95)
     greedy_max_new_tokens: int = Field(256, ge=0, description="greedy response budget; 0: no greedy decoding")
+    sampled_limit: int | None = Field(
+        None, ge=1, description="questions of each benchmark (its first ones) that are also sampled k "
+        "times for mean@k and cons@k; None: all. Greedy answers cover every question")
     bootstrap_samples: int = Field(1000, ge=10)
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     # Labels missing from `models` (smoke runs) give a "not run" line in the table, not an error.
@@ -465,16 +478,98 @@ class EvaluateParams(Section):
         return self
 
 
+class SplitRange(Section):
+    """Rows `offset` to `offset + limit - 1` of the split file (limit None: to its end)."""
+
+    offset: int = Field(0, ge=0)
+    limit: int | None = Field(None, ge=1)
+
+    def holds(self, subset: BenchmarkSubset) -> bool:
+        """Whether every row `subset` selects lies in this range."""
+        end = self.offset + self.limit if self.limit else math.inf
+        subset_end = subset.offset + subset.limit if subset.limit else math.inf
+        return self.offset <= subset.offset and subset_end <= end
+
+    def text(self) -> str:
+        return f"rows {self.offset}-{self.offset + self.limit - 1 if self.limit else ''}"
+
+
+class Splits(Section):
+    """The in-domain question file split three ways by row: train (every stage trains only here),
+    dev (choosing settings: learning rates, steps, subset sizes) and test (every reported number and
+    the findings, never looked at to choose a setting). `report_on: dev` points the held-out checks
+    at dev instead, for experiments that choose settings; the findings then say dev.
+    """
+
+    file: str = Field(description="the question file under common.data_dir that the split divides")
+    train: SplitRange
+    dev: SplitRange
+    test: SplitRange
+    report_on: Literal["test", "dev"] = "test"
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "Splits":
+        ranges = {"train": self.train, "dev": self.dev, "test": self.test}
+        for (a, ra), (b, rb) in itertools.combinations(ranges.items(), 2):
+            a_end = ra.offset + ra.limit if ra.limit else math.inf
+            b_end = rb.offset + rb.limit if rb.limit else math.inf
+            if ra.offset < b_end and rb.offset < a_end:
+                raise ValueError(f"splits.{a} ({ra.text()}) and splits.{b} ({rb.text()}) overlap: "
+                                 "give the three splits disjoint row ranges")
+        return self
+
+
+class ReportParams(Section):
+    """The report stage: how the findings' intervals are computed (r1repro.findings)."""
+
+    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="level of the plain intervals; 1 - "
+                              "confidence is the error rate shared by all verdicts (Bonferroni)")
+    bootstrap_samples: int = Field(10000, ge=100, description="resamples per interval")
+
+
 class Params(Section):
     """The whole of params.yaml."""
 
     common: CommonParams = CommonParams()
     model: ModelImportParams = ModelImportParams()
+    splits: Splits | None = Field(None, description="train/dev/test rows of the in-domain file; None: "
+                                  "no in-domain split (the benchmarks are test sets)")
     probe: ProbeParams
     sft: SftParams = SftParams()
     rl: RlParams = RlParams()
     distill: DistillParams = DistillParams()
     evaluate: EvaluateParams
+    report: ReportParams = ReportParams()
+
+    def training_subsets(self) -> dict[str, BenchmarkSubset]:
+        """Every subset a stage trains on, by params key."""
+        return {"sft.train_questions": self.sft.train_questions, "rl.prompts": self.rl.prompts,
+                "distill.prompts": self.distill.prompts}
+
+    def reported_subsets(self) -> dict[str, BenchmarkSubset]:
+        """Every subset whose answers are reported (held-out checks, probing, evaluation), by params key."""
+        held_out = {"probe.questions": self.probe.questions, "sft.heldout": self.sft.heldout,
+                    "rl.heldout": self.rl.heldout, "distill.heldout": self.distill.heldout,
+                    **{f"evaluate.benchmarks.{name}": b for name, b in self.evaluate.benchmarks.items()}}
+        return {key: subset for key, subset in held_out.items() if subset is not None}
+
+    @model_validator(mode="after")
+    def _within_splits(self) -> "Params":
+        """Training rows come from `splits.train`, reported rows from `splits.<report_on>`."""
+        if self.splits is None:
+            return self
+        split = self.splits
+        wanted = getattr(split, split.report_on)
+        problems = [f"{key} ({subset.rows_text()}) lies outside splits.train ({split.train.text()})"
+                    for key, subset in self.training_subsets().items()
+                    if subset.file == split.file and not split.train.holds(subset)]
+        problems += [f"{key} ({subset.rows_text()}) lies outside splits.{split.report_on} ({wanted.text()})"
+                     for key, subset in self.reported_subsets().items()
+                     if subset.file == split.file and not wanted.holds(subset)]
+        if problems:
+            raise ValueError("; ".join(problems) + f" of {split.file}: training rows must come from the "
+                             f"train split and reported rows from the {split.report_on} split")
+        return self
 
     @model_validator(mode="after")
     def _split_over_processes(self) -> "Params":
@@ -499,11 +594,8 @@ class Params(Section):
     def _held_out_never_trained_on(self) -> "Params":
         """No stage trains on rows that any stage holds out: the RL held-out set judges a model made from
         SFT's examples too, so each check must be disjoint from every stage's training rows."""
-        training = {"sft.train_questions": self.sft.train_questions, "rl.prompts": self.rl.prompts,
-                    "distill.prompts": self.distill.prompts}
-        held_out = {"sft.heldout": self.sft.heldout, "rl.heldout": self.rl.heldout,
-                    "distill.heldout": self.distill.heldout,
-                    **{f"evaluate.benchmarks.{name}": subset for name, subset in self.evaluate.benchmarks.items()}}
+        training = self.training_subsets()
+        held_out = {k: v for k, v in self.reported_subsets().items() if k != "probe.questions"}
         clashes = [f"{t_key} ({t.rows_text()}) and {h_key} ({h.rows_text()}) share rows of {h.source}"
                    for t_key, t in training.items() for h_key, h in held_out.items()
                    if h is not None and t.shares_rows_with(h)]

@@ -11,9 +11,9 @@ module names written as strings counted too (`r1repro.distributed` starts `"r1re
 process). Over-counting costs a rerun; under-counting lets `dvc status` say "up to date" over results
 the code no longer makes, so every reachable module is listed.
 
-A stage's deps in dvc.yaml are: its notebook, the code closure, then its inputs (models, data; from
-`r1repro.pipeline`); the `report` stage also reads every notebook stage's metrics.json and
-protocol.json, and the `params` stage params.yaml and the profiles.
+A stage's deps in dvc.yaml are: its notebook, the code closure, then its inputs (models, data, the
+result folders the report reads; from `r1repro.pipeline`); the `params` stage reads params.yaml and
+the profiles.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import re
 import sys
 from pathlib import Path
 
-from r1repro.pipeline import PIPELINE, RESULTS_DIR, Stage, result_folders
+from r1repro.pipeline import PIPELINE, Stage
 
 PACKAGE = "r1repro"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -34,9 +34,6 @@ SOURCE_PREFIX = f"src/{PACKAGE}/"
 _MODULE_STRING = re.compile(rf"{PACKAGE}\.([A-Za-z_]\w*)")
 # What the params stage resolves (r1repro.config): the base file and every profile.
 PARAMS_INPUTS = ("params.yaml", "profiles")
-# What the report reads from each notebook stage's folder, and besides them.
-REPORT_INPUTS = ("metrics.json", "protocol.json")
-REPORT_EXTRA_INPUTS = ("results/eval/distill_vs_rl.md",)
 
 
 def _modules_named(tree: ast.AST, known: set[str]) -> set[str]:
@@ -118,13 +115,7 @@ def stage_deps(s: Stage, root: Path) -> list[str]:
     """What dvc.yaml should list as the stage's deps, in a stable order."""
     head = [f"notebooks/{s.notebook}"] if s.notebook else []
     code = [f"{SOURCE_PREFIX}{m}.py" for m in sorted(code_closure(s, root))]
-    if s.name == "params":
-        inputs = list(PARAMS_INPUTS)
-    elif s.name == "report":
-        inputs = [f"{RESULTS_DIR}/{folder}/{name}" for folder in result_folders().values()
-                  for name in REPORT_INPUTS] + list(REPORT_EXTRA_INPUTS)
-    else:
-        inputs = list(s.inputs)
+    inputs = list(PARAMS_INPUTS) if s.name == "params" else list(s.inputs)
     return head + code + inputs
 
 

@@ -5,7 +5,7 @@ top-p 0.95 by default), reported beside greedy accuracy and cons@k (majority vot
 bootstrap interval over questions. The Dr. GRPO paper's quantity of interest, the mean length of
 correct and of incorrect responses, is reported too, with truncation and format-compliance rates.
 
-    records = evaluate_model(generator, tokenizer, "base", benchmarks, cfg, common)
+    records = evaluate_model("models/base", "base", benchmarks, cfg, common)
     table = summarize_records(records, n_boot=1000, confidence=0.95, seed=0)
 
 Each record: model, benchmark, question_id, mode ("greedy" or "sampled"), sample_index, prompt,
@@ -54,39 +54,53 @@ def _records(label: str, benchmark: str, rows: Sequence[dict], prompts: Sequence
     return out
 
 
-def generate_records(generator, tokenizer, label: str, benchmarks: dict[str, Sequence[dict]],
-                     template: str, sampling, greedy_max_new_tokens: int, seed: int) -> list[dict]:
-    """Greedy and sampled responses for every question of every benchmark (ungraded records).
+def evaluate_model(model: str, label: str, benchmarks: dict[str, Sequence[dict]], cfg, common) -> list[dict]:
+    """One model's ungraded records on every benchmark: greedy on every question (from the answer
+    cache where an earlier stage gave the same answers), k samples on the first
+    `cfg.sampled_limit` questions of each benchmark (all when None).
 
-    All benchmarks go through one `generate` call per mode: small subsets then share full batches
-    instead of each decoding a half-empty batch to the token budget (on CPU the cost of a batch
-    grows much less than its size).
+    The model is loaded once, and only if something is not cached; all benchmarks share one
+    `generate` call per mode, so small subsets fill whole batches.
 
     Args:
-        generator: a `r1repro.generation` backend holding the model.
-        tokenizer: the model's tokenizer (for chat templates).
+        model: hub id or local folder.
         label: the model's name in tables.
         benchmarks: benchmark name -> question rows (`id`, `problem`, `answer`).
-        template: prompt template name.
-        sampling: SamplingParams for the k sampled responses.
-        greedy_max_new_tokens: token budget of the greedy response; 0 skips greedy decoding.
-        seed: sampling seed.
+        cfg: the validated `evaluate` section (template, sampling, greedy budget, sampled_limit).
+        common: the validated, dtype-resolved `common` section.
+
     Returns:
-        One record per response, without verdicts.
+        One record per response, without verdicts, benchmark by benchmark, greedy before sampled.
     """
+    from r1repro import generation, modeling
+
+    tokenizer = modeling.load_tokenizer(model, trust_remote_code=common.trust_remote_code)
+    loaded: list[Any] = []
+
+    def generator() -> Any:
+        if not loaded:
+            loaded.append(generation.generator_for(common, model))
+        return loaded[0]
+
     names = [name for name, rows in benchmarks.items() for _ in rows]
     rows = [row for part in benchmarks.values() for row in part]
-    prompts = [templates.render_prompt(template, row["problem"], tokenizer) for row in rows]
-    outputs = {}
-    if greedy_max_new_tokens > 0:
-        outputs["greedy"] = generator.generate(prompts, n=1, temperature=0.0, top_p=1.0,
-                                               max_tokens=greedy_max_new_tokens, seed=seed)
-    outputs["sampled"] = generator.generate(prompts, n=sampling.n, temperature=sampling.temperature,
-                                            top_p=sampling.top_p, max_tokens=sampling.max_new_tokens, seed=seed)
+    prompts = [templates.render_prompt(cfg.template, row["problem"], tokenizer) for row in rows]
+    outputs: dict[str, dict[int, Any]] = {}
+    if cfg.greedy_max_new_tokens > 0:
+        greedy = cached_greedy(model, prompts, cfg.greedy_max_new_tokens, common, label, generator)
+        outputs["greedy"] = dict(enumerate(greedy))
+    position = [sum(1 for m in names[:i] if m == n) for i, n in enumerate(names)]  # index within its benchmark
+    sampled = [i for i in range(len(rows)) if cfg.sampled_limit is None or position[i] < cfg.sampled_limit]
+    s = cfg.sampling
+    if sampled:
+        out = generator().generate([prompts[i] for i in sampled], n=s.n, temperature=s.temperature,
+                                   top_p=s.top_p, max_tokens=s.max_new_tokens, seed=common.seed)
+        outputs["sampled"] = dict(zip(sampled, out))
+    loaded.clear()  # the model is released before the next one loads
     records: list[dict] = []
     for name in benchmarks:  # benchmark by benchmark, greedy before sampled, as the tables read
-        keep = [i for i, n in enumerate(names) if n == name]
         for mode, out in outputs.items():
+            keep = [i for i, n in enumerate(names) if n == name and i in out]
             records += _records(label, name, [rows[i] for i in keep], [prompts[i] for i in keep],
                                 [out[i] for i in keep], mode)
     return records
@@ -100,6 +114,8 @@ def grade_records(records: list[dict], template: str, workers: int, timeout_s: f
         record["extracted"] = grading.extract_answer(record["response"])
         record["correct"] = bool(verdict)
         record["formatted"] = follows_format(template, record["prompt"], record["response"])
+        # Share of target-language words (R1's language-consistency reward): readability, with format.
+        record["language"] = rewards.language_score(record["response"])
     return records
 
 
@@ -125,6 +141,7 @@ def summarize_group(records: pd.DataFrame, n_boot: int, confidence: float, seed:
     greedy = records[records["mode"] == "greedy"]
     per_question = sampled.groupby("question_id", sort=True)
     row: dict[str, Any] = {"n_questions": int(per_question.ngroups),
+                           "n_greedy": int(greedy["question_id"].nunique()),
                            "k": int(per_question.size().max()) if len(sampled) else 0}
     accuracy = {
         "mean@k": per_question["correct"].mean().to_list(),
@@ -177,11 +194,32 @@ def reported_metrics(summary: pd.DataFrame) -> list[str]:
     return [m for m in SUMMARY_METRICS if m in summary and summary[m].notna().any()]
 
 
+def column_size(summary: pd.DataFrame, metric: str, benchmark: str) -> int:
+    """Questions behind one column: greedy answers cover every question, samples maybe fewer."""
+    column = "n_greedy" if metric == "greedy" and "n_greedy" in summary else "n_questions"
+    return int(summary.loc[summary["benchmark"] == benchmark, column].max())
+
+
+def column_width(summary: pd.DataFrame, metric: str, benchmark: str) -> float | None:
+    """The median width (high - low) of the column's intervals over models, or None without intervals."""
+    if f"{metric}_low" not in summary:
+        return None
+    part = summary[summary["benchmark"] == benchmark]
+    widths = (part[f"{metric}_high"] - part[f"{metric}_low"]).dropna()
+    return float(widths.median()) if len(widths) else None
+
+
 def markdown_table(summary: pd.DataFrame, metric: str) -> str:
-    """A models x benchmarks markdown table of one metric; headers carry each benchmark's size."""
+    """A models x benchmarks markdown table of one metric; each column header carries its n and the
+    median width of its intervals, so a reader sees what a difference between two cells can mean."""
     benchmarks = list(dict.fromkeys(summary["benchmark"]))
-    sizes = {b: int(summary.loc[summary["benchmark"] == b, "n_questions"].max()) for b in benchmarks}
-    header = "| model | " + " | ".join(f"{b} (n={sizes[b]})" for b in benchmarks) + " |"
+
+    def head(b: str) -> str:
+        width = column_width(summary, metric, b)
+        return f"{b} (n={column_size(summary, metric, b)}" + (f", CI width {100 * width:.0f} pts)"
+                                                              if width is not None else ")")
+
+    header = "| model | " + " | ".join(head(b) for b in benchmarks) + " |"
     lines = [header, "|---|" + "---|" * len(benchmarks)]
     for model, part in summary.groupby("model", sort=False):
         cells = {r["benchmark"]: _cell(r, metric) for _, r in part.iterrows()}
@@ -236,6 +274,32 @@ def report_tables(tables: dict[str, str], cfg) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cached_greedy(model: str, prompts: Sequence[str], max_new_tokens: int, common, label: str,
+                  make_generator: Any = None) -> list[list[Any]]:
+    """Greedy answers of `model` to `prompts`, from `common.answer_cache_dir` where an earlier stage
+    asked the same (see `r1repro.answer_cache`); the model is loaded only for what is missing.
+
+    Args:
+        model: hub id or local folder (its weights digest keys the cache).
+        prompts: final prompt strings.
+        max_new_tokens: the token budget.
+        common: the validated, dtype-resolved `common` params.
+        label: the model's name, for the printed line.
+        make_generator: returns a generator of `model` for what is missing (default: load one).
+
+    Returns:
+        One list with one `Completion` per prompt, as generators return.
+    """
+    from r1repro import generation
+    from r1repro.answer_cache import AnswerCache
+
+    cache = AnswerCache.for_model(common.answer_cache_dir, model, common, max_tokens=max_new_tokens)
+    out = cache.generate(prompts, make_generator or (lambda: generation.generator_for(common, model)),
+                         seed=common.seed)
+    print(f"{label}: {cache.hits} greedy answers from the cache, {cache.misses} generated")
+    return out
+
+
 def greedy_heldout(model: str, rows: Sequence[dict], template: str, max_new_tokens: int, common,
                    label: str, n_boot: int = 1000, confidence: float = 0.95) -> tuple[list[dict], dict]:
     """One model's greedy answers on held-out questions: graded records and their summary.
@@ -255,13 +319,11 @@ def greedy_heldout(model: str, rows: Sequence[dict], template: str, max_new_toke
         (records, summary) where summary holds n, accuracy with its interval, format_rate,
         truncated (share that hit the budget) and mean_tokens.
     """
-    from r1repro import generation, modeling
+    from r1repro import modeling
 
     tokenizer = modeling.load_tokenizer(model, trust_remote_code=common.trust_remote_code)
-    generator = generation.generator_for(common, model)
     prompts = [templates.render_prompt(template, row["problem"], tokenizer) for row in rows]
-    out = generator.generate(prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=max_new_tokens,
-                             seed=common.seed)
+    out = cached_greedy(model, prompts, max_new_tokens, common, label)
     records = grade_records(_records(label, "heldout", rows, prompts, out, "greedy"), template,
                             common.grading_workers, common.grading_timeout_s)
     accuracy, low, high = _mean_ci([float(r["correct"]) for r in records], n_boot, confidence, common.seed)

@@ -623,6 +623,42 @@ GENERATORS: dict[str, Callable[..., Generator]] = {
 }
 
 
+@dataclass
+class Usage:
+    """What this process's generators produced: calls, generated tokens and seconds inside `generate`.
+
+    Each stage runs in its own notebook process, so the totals are the stage's; `runtime.write_metrics`
+    records them in protocol.json, and bench/pipeline.py turns them into tokens/s per stage.
+    """
+
+    calls: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+USAGE = Usage()  # the process's running totals (one notebook = one stage = one process)
+
+
+def counted(generator: Any) -> Any:
+    """`generator` with its `generate` calls added to `USAGE` (the instance keeps its type)."""
+    inner = getattr(generator, "generate", None)
+    if inner is None:  # not a generator (a test's stand-in): nothing to count
+        return generator
+
+    def generate(prompts: list[str], *args: Any, **kwargs: Any) -> list[list[Completion]]:
+        import time
+
+        start = time.perf_counter()
+        out = inner(prompts, *args, **kwargs)
+        USAGE.calls += 1
+        USAGE.tokens += sum(c.num_tokens for group in out for c in group)
+        USAGE.seconds += time.perf_counter() - start
+        return out
+
+    generator.generate = generate
+    return generator
+
+
 def load_generator(backend: str, model: str | tuple[PreTrainedModel, PreTrainedTokenizerBase], *,
                    dtype: str = "float32", device: str = "auto", batch_size: int = 16,
                    trust_remote_code: bool = False, **backend_kwargs: Any) -> Generator:
@@ -646,8 +682,8 @@ def load_generator(backend: str, model: str | tuple[PreTrainedModel, PreTrainedT
     if backend not in GENERATORS:
         raise ConfigError(f"common.backend: unknown backend {backend!r}; "
                           f"expected one of {sorted(GENERATORS)}")
-    return GENERATORS[backend](model, dtype=dtype, device=device, batch_size=batch_size,
-                               trust_remote_code=trust_remote_code, **backend_kwargs)
+    return counted(GENERATORS[backend](model, dtype=dtype, device=device, batch_size=batch_size,
+                                       trust_remote_code=trust_remote_code, **backend_kwargs))
 
 
 def generator_for(common: CommonParams, model: Any, **backend_kwargs: Any) -> Generator:

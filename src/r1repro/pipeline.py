@@ -54,7 +54,10 @@ PIPELINE: tuple[Stage, ...] = (
           inputs=("models/base", "models/sft", "models/rl", "data"), trains="sft"),
     Stage("evaluate", "5. Evaluation", notebook="05_evaluate.ipynb", results="eval",
           inputs=("models/base", "models/sft", "models/rl", "models/distill", "data")),
-    Stage("report", "Report", module="report"),
+    # The findings and the report read every stage's records, metrics and protocol: its deps are the
+    # result folders, so rerunning any stage makes them stale.
+    Stage("report", "Report", module="report",
+          inputs=("results/probe", "results/sft", "results/rl", "results/distill", "results/eval")),
 )
 
 BY_NAME = {s.name: s for s in PIPELINE}

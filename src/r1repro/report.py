@@ -377,6 +377,41 @@ def protocol_section(folders: dict[str, StageFolder]) -> list[str]:
 
 # --- the report -----------------------------------------------------------------------------------
 
+def findings_section(results_dir: Path) -> list[str]:
+    """The findings table (findings.md, written just before the report), first on the page."""
+    from r1repro.findings import FINDINGS_MD
+
+    file = results_dir / FINDINGS_MD
+    if not file.is_file():
+        return ["## Findings", "", not_run(f"no {FINDINGS_MD}: `python -m r1repro.report` writes it")]
+    return ["## Findings: the papers' claims, checked", "", nest_markdown(file.read_text(encoding="utf-8")),
+            "", f"From [{FINDINGS_MD}]({FINDINGS_MD}) and findings.json."]
+
+
+def stage_times_section(folders: dict[str, StageFolder]) -> list[str]:
+    """How long each stage's notebook took (protocol.json `wall_s`) and on what machine."""
+    lines = ["## Stage times", ""]
+    protocols = {s: f.json("protocol.json") or {} for s, f in folders.items()}
+    rows, total = [], 0.0
+    for stage, p in protocols.items():
+        wall = p.get("wall_s")
+        total += wall or 0.0
+        rows.append([pipeline_stage(stage).title, "n/a" if wall is None else f"{wall:.0f}",
+                     "n/a" if wall is None else f"{wall / 60:.1f}"])
+    rows.append(["**total**", f"**{total:.0f}**", f"**{total / 60:.1f}**"])
+    hardware = next((p.get("hardware") for p in protocols.values() if p.get("hardware")), None)
+    if hardware:
+        flags = [f for f, present in (hardware.get("cpu_flags") or {}).items() if present]
+        lines += [f"Machine: {hardware.get('cpu_model')}, {hardware.get('cpu_count')} cores, torch threads "
+                  f"{hardware.get('torch_threads')}, native bf16 {hardware.get('cpu_native_bf16')}"
+                  + (f", GPU {hardware['gpu']}" if hardware.get("gpu") else "")
+                  + f" (flags: {', '.join(flags) or 'none of interest'}). Training dtype "
+                  f"`{next(iter(protocols.values())).get('common', {}).get('dtype')}`.", ""]
+    return lines + [md_table(["stage", "wall time (s)", "(min)"], rows), "",
+                    "Wall time of each stage's notebook from start to its last cell (`wall_s` in its "
+                    "protocol.json); `python bench/pipeline.py` sets them beside this machine's roofline."]
+
+
 def build_report(results_dir: Path, report_dir: Path | None = None) -> str:
     """The report's markdown text.
 
@@ -384,18 +419,20 @@ def build_report(results_dir: Path, report_dir: Path | None = None) -> str:
         results_dir: the folder holding one subfolder per stage (`probe`, `sft`, `rl`, `distill`, `eval`).
         report_dir: the folder the report will be written to (links are relative to it).
     Returns:
-        Markdown: intro, headline table, RL, distillation, distill vs RL, earlier stages, files, protocol.
+        Markdown: intro, findings, headline table, RL, distillation, distill vs RL, earlier stages,
+        stage times, files, protocol.
     """
     results_dir = Path(results_dir)
     report_dir = Path(report_dir or results_dir)
     folders = stage_folders(results_dir)
     intro = ["# Results report", "",
              "A review of one `dvc repro` run, built by `r1repro.report` from the result folders beside "
-             "this file: every number comes from a stage's `metrics.json`, every setting from its "
-             "`protocol.json`. Accuracies are in %, with bootstrap intervals in brackets."]
-    sections = [intro, eval_section(folders["evaluate"], report_dir), rl_section(folders["rl"]),
-                distill_section(folders["distill"]), distill_vs_rl_section(folders["evaluate"]),
-                earlier_section(folders), files_section(folders, report_dir), protocol_section(folders)]
+             "this file: every number comes from a stage's records and `metrics.json`, every setting from "
+             "its `protocol.json`. Accuracies are in %, with bootstrap intervals in brackets."]
+    sections = [intro, findings_section(results_dir), eval_section(folders["evaluate"], report_dir),
+                rl_section(folders["rl"]), distill_section(folders["distill"]),
+                distill_vs_rl_section(folders["evaluate"]), earlier_section(folders),
+                stage_times_section(folders), files_section(folders, report_dir), protocol_section(folders)]
     return "\n\n".join("\n".join(s).strip() for s in sections) + "\n"
 
 
@@ -418,10 +455,28 @@ def write_report(results_dir: Path | str, dest: Path | str | None = None) -> Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    from r1repro.config import repo_root
+    """`python -m r1repro.report [RESULTS_DIR]`: the findings (findings.md, findings.json), then REPORT.md.
 
-    results_dir = Path(argv[0]) if argv else repo_root() / RESULTS_DIR
+    The report section of results/params.yaml (the resolved params) sets the intervals; a folder
+    given on the command line is read with the defaults instead.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    from r1repro.config import ConfigError, ReportParams, load_resolved, repo_root
+    from r1repro.findings import write_findings
+
+    if argv:
+        results_dir, cfg, split, seed = Path(argv[0]), ReportParams(), "test", 0
+    else:
+        try:
+            params = load_resolved()
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        results_dir, cfg, seed = repo_root() / RESULTS_DIR, params.report, params.common.seed
+        split = params.splits.report_on if params.splits else "test"
+    rows = write_findings(results_dir, confidence=cfg.confidence, n_boot=cfg.bootstrap_samples, seed=seed,
+                          split=split)
+    print(f"[findings] {len(rows)} claims: " + ", ".join(f"{r.id} {r.verdict}" for r in rows))
     write_report(results_dir)
     return 0
 

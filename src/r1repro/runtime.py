@@ -20,6 +20,7 @@ from typing import Any
 
 from r1repro.config import CommonParams, repo_root, stage_config
 from r1repro.io import atomic_write_json
+from r1repro.modeling import native_bf16, resolve_dtypes
 
 # Libraries whose versions change numbers; recorded with every result.
 TRACKED_LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "math-verify",
@@ -85,11 +86,21 @@ def hardware() -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {"cpu_count": os.cpu_count(), "machine": platform.machine(), **cpu_info(),
-                            "torch_threads": torch.get_num_threads()}
+                            "torch_threads": torch.get_num_threads(), "cpu_native_bf16": native_bf16("cpu")}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_count"] = torch.cuda.device_count()
     return info
+
+
+def generation_usage() -> dict[str, Any]:
+    """Tokens this stage's generators produced and the seconds they took (greedy answers served by the
+    answer cache are not generated, so not counted). Training rollouts that TRL generates itself are
+    recorded by the RL stage beside this."""
+    from r1repro.generation import USAGE
+
+    return {"calls": USAGE.calls, "tokens": USAGE.tokens, "seconds": round(USAGE.seconds, 1),
+            "tokens_per_s": round(USAGE.tokens / USAGE.seconds, 1) if USAGE.seconds else None}
 
 
 def stage_setup(stage: str, common: dict | None, section: dict | None,
@@ -102,6 +113,7 @@ def stage_setup(stage: str, common: dict | None, section: dict | None,
     root = repo_root()
     os.chdir(root)  # params paths are relative to the repository, whoever started the kernel
     common_cfg, cfg = stage_config(stage, common, section)
+    common_cfg = resolve_dtypes(common_cfg)  # `auto` becomes this machine's fast dtype, recorded below
     seed_everything(common_cfg.seed)
     out = Path(out_dir) if out_dir else root / DEV_RESULTS / stage
     out.mkdir(parents=True, exist_ok=True)
@@ -116,6 +128,7 @@ def protocol(ctx: StageContext, **extra: Any) -> dict[str, Any]:
         "common": ctx.common.model_dump(mode="json"),
         "libraries": library_versions(),
         "hardware": hardware(),
+        "generation": generation_usage(),
         **extra,
     }
 
