@@ -250,6 +250,7 @@ def test_the_report_opens_with_the_findings_and_times_every_stage(tmp_path):
         assert re.search(rf"^\| {re.escape(row.claim)} \|.*\*\*{re.escape(row.verdict)}\*\* \|$", body, flags=re.M)
     times = section(text, "Stage times")
     assert table_row(times, pipeline_stage("probe").title)[1:] == ["60", "1.0"]
+    assert table_row(times, "Import the base model")[1] == "n/a"  # not in this made-up run
     assert table_row(times, "**total**")[1] == f"**{60 * (1 + 2 + 3 + 4 + 5)}**"
     assert "Test CPU, 2 cores" in times and "native bf16 False" in times
 

@@ -83,7 +83,15 @@ def import_model(params: ModelImportParams, root: Path, trust_remote_code: bool 
     return out
 
 
+# The stage's own record (wall time, machine, versions), outside models/base: a file inside the model
+# folder would change its weights digest, and with it every cache and checkpoint keyed by it.
+PROTOCOL = "results/import_model/protocol.json"
+
+
 def main() -> int:
+    import time
+
+    start = time.time()
     try:
         root = repo_root()
         params = load_resolved(root)
@@ -91,6 +99,12 @@ def main() -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from r1repro.io import atomic_write_json
+    from r1repro.runtime import hardware, library_versions
+
+    atomic_write_json(root / PROTOCOL, {"stage": "import_model", "params": params.model.model_dump(mode="json"),
+                                        "libraries": library_versions(), "hardware": hardware(),
+                                        "wall_s": round(time.time() - start, 1)})
     print(f"import_model: saved {params.model.label} to {out}")
     return 0
 

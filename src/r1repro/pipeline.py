@@ -43,7 +43,7 @@ class Stage:
 # which every later stage reads (r1repro.config); `report` only reads the stages' records.
 PIPELINE: tuple[Stage, ...] = (
     Stage("params", "Parameters", module="config"),
-    Stage("import_model", "Import the base model", module="model_import"),
+    Stage("import_model", "Import the base model", module="model_import", results="import_model"),
     Stage("probe", "1. Probe base models", notebook="01_probe_base_models.ipynb", results="probe",
           inputs=("models/base", "data")),
     Stage("sft", "2. Cold-start SFT", notebook="02_cold_start_sft.ipynb", results="sft",
@@ -77,3 +77,8 @@ def stage(name: str) -> Stage:
 def result_folders() -> dict[str, str]:
     """{notebook stage: its folder under results/}, in pipeline order."""
     return {name: BY_NAME[name].results for name in NOTEBOOK_STAGES}
+
+
+def timed_folders() -> dict[str, str]:
+    """{stage: results folder} of every stage that records its wall time (protocol.json `wall_s`)."""
+    return {s.name: s.results for s in PIPELINE if s.results}

@@ -388,10 +388,13 @@ def findings_section(results_dir: Path) -> list[str]:
             "", f"From [{FINDINGS_MD}]({FINDINGS_MD}) and findings.json."]
 
 
-def stage_times_section(folders: dict[str, StageFolder]) -> list[str]:
-    """How long each stage's notebook took (protocol.json `wall_s`) and on what machine."""
+def stage_times_section(results_dir: Path) -> list[str]:
+    """How long each stage took (protocol.json `wall_s`) and on what machine."""
+    from r1repro.pipeline import timed_folders
+
     lines = ["## Stage times", ""]
-    protocols = {s: f.json("protocol.json") or {} for s, f in folders.items()}
+    protocols = {s: StageFolder(s, results_dir / name).json("protocol.json") or {}
+                 for s, name in timed_folders().items()}
     rows, total = [], 0.0
     for stage, p in protocols.items():
         wall = p.get("wall_s")
@@ -406,10 +409,11 @@ def stage_times_section(folders: dict[str, StageFolder]) -> list[str]:
                   f"{hardware.get('torch_threads')}, native bf16 {hardware.get('cpu_native_bf16')}"
                   + (f", GPU {hardware['gpu']}" if hardware.get("gpu") else "")
                   + f" (flags: {', '.join(flags) or 'none of interest'}). Training dtype "
-                  f"`{next(iter(protocols.values())).get('common', {}).get('dtype')}`.", ""]
+                  f"`{protocols.get('sft', {}).get('common', {}).get('dtype')}`.", ""]
     return lines + [md_table(["stage", "wall time (s)", "(min)"], rows), "",
-                    "Wall time of each stage's notebook from start to its last cell (`wall_s` in its "
-                    "protocol.json); `python bench/pipeline.py` sets them beside this machine's roofline."]
+                    "Wall time of each stage from start to its last cell (`wall_s` in its protocol.json; "
+                    "the params and report stages take seconds); `python bench/pipeline.py` sets them beside "
+                    "this machine's roofline."]
 
 
 def build_report(results_dir: Path, report_dir: Path | None = None) -> str:
@@ -432,7 +436,7 @@ def build_report(results_dir: Path, report_dir: Path | None = None) -> str:
     sections = [intro, findings_section(results_dir), eval_section(folders["evaluate"], report_dir),
                 rl_section(folders["rl"]), distill_section(folders["distill"]),
                 distill_vs_rl_section(folders["evaluate"]), earlier_section(folders),
-                stage_times_section(folders), files_section(folders, report_dir), protocol_section(folders)]
+                stage_times_section(results_dir), files_section(folders, report_dir), protocol_section(folders)]
     return "\n\n".join("\n".join(s).strip() for s in sections) + "\n"
 
 
