@@ -292,7 +292,7 @@ def bf16_mixed_precision(dtype: str, device: str) -> bool:
 
     if device == "cpu" and not native_bf16(device):
         log.warning("common.dtype: bfloat16 on a CPU without native bf16 (AMX or avx512_bf16) is "
-                    "emulated and slower than float32; set common.dtype: float32 (or auto) on this machine")
+                    "emulated and slower than float32; set common.dtype: float32 on this machine")
     return True
 
 
