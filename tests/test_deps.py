@@ -68,3 +68,14 @@ def test_check_fails_on_drift_and_write_repairs_it(tmp_path: Path, repo_root: Pa
                            capture_output=True, text=True)
     assert write.returncode == 0, write.stderr
     assert (tmp_path / "dvc.yaml").read_text() == text  # comments and layout kept
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    """Imports inside functions count: a lazy import that closes a cycle still ties two modules together."""
+    assert deps.import_cycles() == []
+
+
+def test_import_cycles_are_found(tmp_path: Path) -> None:
+    package = _package(tmp_path, {"a": "from r1repro import b\n", "b": "def f():\n    import r1repro.c\n",
+                                  "c": "from r1repro.a import x\n", "d": "import r1repro.a\n"})
+    assert deps.import_cycles(package) == [["a", "b", "c"]]

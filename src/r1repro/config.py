@@ -46,6 +46,10 @@ class ConfigError(ValueError):
     """A params file that cannot be used; the message names the key or file and the fix."""
 
 
+class DataError(ConfigError):
+    """Data that is missing, altered or malformed; the message names the file and the fix."""
+
+
 def _known_template(name: str) -> str:
     if name not in TEMPLATES:
         raise ValueError(f"unknown template {name!r}; valid: {', '.join(sorted(TEMPLATES))}")

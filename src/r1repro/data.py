@@ -24,17 +24,13 @@ from pathlib import Path
 
 import yaml
 
-from r1repro.config import ConfigError, repo_root
+from r1repro.config import ConfigError, DataError, repo_root  # noqa: F401  (DataError: data.DataError)
 from r1repro.io import staged_dir
 
 DVC_FILE = "data.dvc"
 DEFAULT_MIRROR = "../shared/datasets"
 MIRROR_ENV = "R1REPRO_DATA_MIRROR"
 REQUIRED_FIELDS = ("problem", "answer")
-
-
-class DataError(ConfigError):
-    """Data that is missing, altered or malformed; the message names the file and the fix."""
 
 
 # ---------------------------------------------------------------------------------------------------

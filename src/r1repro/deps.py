@@ -101,6 +101,31 @@ def import_closure(roots: set[str], sources: dict[str, str] | None = None,
     return seen | {"__init__"}
 
 
+def import_graph(package_dir: Path = PACKAGE_DIR) -> dict[str, set[str]]:
+    """{module: the r1repro modules it imports, anywhere in its code}."""
+    known = known_modules(package_dir)
+    return {name: _modules_named(ast.parse((package_dir / f"{name}.py").read_text(encoding="utf-8")), known) - {name}
+            for name in known}
+
+
+def import_cycles(package_dir: Path = PACKAGE_DIR) -> list[list[str]]:
+    """Every module path that imports its way back to its start (each cycle once, smallest name first)."""
+    graph, found = import_graph(package_dir), set()
+
+    def walk(path: list[str]) -> None:
+        for nxt in sorted(graph[path[-1]]):
+            if nxt in path:
+                cycle = path[path.index(nxt):]
+                turn = cycle.index(min(cycle))
+                found.add(tuple(cycle[turn:] + cycle[:turn]))
+            else:
+                walk(path + [nxt])
+
+    for name in graph:
+        walk([name])
+    return [list(c) for c in sorted(found)]
+
+
 def code_closure(s: Stage, root: Path) -> set[str]:
     """The modules a stage's code reaches: its notebook's imports and the runner, or its script module,
     and the module its launched training processes run (`Stage.trains`)."""

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from r1repro import grading
-from r1repro.config import HubQuestions
-from r1repro.data import DataError
+from r1repro.config import DataError, HubQuestions
 
 # `datasets` builders for a single local file, by suffix.
 _FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
