@@ -41,24 +41,27 @@ from r1repro.config import validate
 pytestmark = pytest.mark.slow
 
 STEPS = 4
-TINY_QWEN2 = {"architecture": "qwen2", "tokenizer": "models/base", "note": "random init, test size",
-              "config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-                         "num_key_value_heads": 2, "intermediate_size": 64}}
 STUDENTS = ("first_not_pretrained", "second_not_pretrained")
-OVERRIDES = {
-    "sft": {"save_steps": 1},  # the smoke SFT (its steps: see sft_steps), a checkpoint after each
-    "rl": {"max_steps": STEPS, "save_steps": 1},
-    # Two tiny students in turn, one trace per step, a checkpoint after each: the kill comes while
-    # the second trains, after the first has finished.
-    "distill": {"students": {label: TINY_QWEN2 for label in STUDENTS}, "batch_size": 1, "epochs": 4.0,
-                "save_steps": 1},
-}
+
+
+def overrides(tiny_size: dict[str, int]) -> dict:
+    """The smoke params, changed so that each training stage saves a checkpoint after every step."""
+    qwen2 = {"architecture": "qwen2", "tokenizer": "models/base", "note": "random init, test size",
+             "config": tiny_size}
+    return {
+        "sft": {"save_steps": 1},  # the smoke SFT (its steps: see sft_steps), a checkpoint after each
+        "rl": {"max_steps": STEPS, "save_steps": 1},
+        # Two tiny students in turn, one trace per step, a checkpoint after each: the kill comes while
+        # the second trains, after the first has finished.
+        "distill": {"students": {label: qwen2 for label in STUDENTS}, "batch_size": 1, "epochs": 4.0,
+                    "save_steps": 1},
+    }
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory, repo_root: Path, data_dir: Path) -> Path:
+def repo(tmp_path_factory: pytest.TempPathFactory, repo_root: Path, data_dir: Path, tiny_size) -> Path:
     """A smoke copy with the base model imported (the stages under test are still to run)."""
-    copy = make_copy(tmp_path_factory.mktemp("crash") / "repo", repo_root, data_dir, OVERRIDES)
+    copy = make_copy(tmp_path_factory.mktemp("crash") / "repo", repo_root, data_dir, overrides(tiny_size))
     run(["dvc", "repro", "import_model"], copy)
     return copy
 

@@ -47,22 +47,6 @@ def chars_registered(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory, base_model_dir: Path) -> Path:
-    """models/base's config scaled down to 2 layers x hidden 32, random weights, its tokenizer."""
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig, LlamaForCausalLM
-
-    config = AutoConfig.from_pretrained(base_model_dir)
-    config.update({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                   "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8})
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(base_model_dir).save_pretrained(folder)
-    GenerationConfig.from_pretrained(base_model_dir).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def common(data_dir: Path) -> CommonParams:
     return CommonParams(device="cpu", data_dir=str(data_dir), seed=7, generation_batch_size=8)
 

@@ -2,7 +2,8 @@
 
 Checked: the collated labels mask the prompt, a few steps change every parameter, LoRA is merged
 into a plain saved model, training resumes from the last checkpoint at its step, a failed run leaves
-the previous final model untouched, and the loss is logged with DVCLive.
+the previous final model untouched, and the loss is logged with DVCLive. The model and the examples
+come from tests/conftest.py.
 
     pytest tests/test_sft.py -q
 """
@@ -17,45 +18,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM, TrainerCallback
 
 from r1repro import sft
 from r1repro.config import CommonParams, LoraParams, SftParams
 from r1repro.modeling import load_tokenizer
-from r1repro.templates import render_training_example
 
 BASE = Path(__file__).resolve().parents[1] / "models" / "base"
 pytestmark = pytest.mark.skipif(not (BASE / "config.json").is_file(), reason="models/base missing")
 
-QUESTIONS = [("Tom has 3 apples and buys 4 more. How many apples?", "3 + 4 = 7", "7"),
-             ("A box holds 12 pens. 5 are taken. How many are left?", "12 - 5 = 7", "7"),
-             ("Each bag has 6 eggs. How many eggs are in 2 bags?", "6 * 2 = 12", "12"),
-             ("Split 20 sweets among 4 kids. How many each?", "20 / 4 = 5", "5")]
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    return load_tokenizer(str(tiny_model))
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(str(BASE))
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, tokenizer) -> Path:
-    """A 2-layer, hidden-size-32 Llama with random weights and the real tokenizer, saved to disk."""
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
-    folder = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def dataset(tokenizer) -> list[dict]:
-    return [render_training_example("r1_chat", q, f"<think>\n{work}.\n</think>\n<answer>\\boxed{{{a}}}</answer>",
-                                     tokenizer) for q, work, a in QUESTIONS]
+def dataset(sft_rows) -> list[dict]:
+    return sft_rows
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
