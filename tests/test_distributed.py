@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from r1repro import rl, sft
 from r1repro.config import CommonParams, ConfigError, RlParams, SftParams, deep_merge, validate
 from r1repro.distributed import LAUNCHABLE, Launch, LaunchError, per_process
+from r1repro.rl_diagnostics import COMPLETIONS_FILE, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
@@ -207,5 +208,5 @@ def test_two_process_grpo_step_gathers_both_shares_and_agrees(
     (row,) = result.diagnostics
     assert row["step"] == 1 and len(row["question_ids"]) == 2
     assert row["reward"] == pytest.approx(row["trl_reward"], abs=1e-5)  # TRL's gathered mean agrees
-    assert len(rl.read_rows(result.run_dir / rl.COMPLETIONS_FILE)) == 2  # the first group, once
+    assert len(read_rows(result.run_dir / COMPLETIONS_FILE)) == 2  # the first group, once
     assert json.loads((result.run_dir / rl.RUN_CONFIG_FILE).read_text())["launch"]["num_processes"] == 2

@@ -23,6 +23,8 @@ from transformers import TrainerCallback
 from r1repro import rl
 from r1repro.config import BenchmarkSubset, CommonParams, ConfigError, RlParams, SamplingParams
 from r1repro.data import load_subset
+from r1repro.rl_diagnostics import COMPLETIONS_FILE, DIAGNOSTICS_FILE, Diagnostics, load_diagnostics, read_rows
+from r1repro.rl_heldout import HeldoutEval
 
 pytestmark = pytest.mark.filterwarnings(  # raised inside TRL 1.16 on transformers 5, not by us
     "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -110,9 +112,9 @@ def test_periodic_heldout_answers_the_first_eval_limit_questions(limit, answered
     rows = load_subset(data_dir, subset)
     cfg = RlParams(eval_steps=2, heldout=subset, eval_limit=limit)
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    diagnostics = rl.Diagnostics("grpo", tmp_path, {"accuracy": 1.0}, 8, [0])
+    diagnostics = Diagnostics("grpo", tmp_path, {"accuracy": 1.0}, 8, [0])
     callbacks = rl._callbacks(cfg, common, tokenizer, diagnostics, rows)
-    assert [type(c) for c in callbacks] == [rl.Diagnostics, rl.HeldoutEval]
+    assert [type(c) for c in callbacks] == [Diagnostics, HeldoutEval]
     assert callbacks[1].golds == [str(r["answer"]) for r in rows[:answered]]
     with pytest.raises(ValueError, match="eval_limit"):
         RlParams(eval_limit=0)
@@ -149,52 +151,6 @@ def test_build_dataset_renders_prompts_in_the_seeded_order(base_model_dir):
     assert data["id"] == [f"q{i}" for i in order] and data["answer"] == [str(2 * i) for i in order]
     assert data["prompt"][0] == render_prompt("r1_chat", rows[order[0]]["problem"], tokenizer)
     assert data["prompt"][0].endswith("<think>")
-
-
-# --- diagnostics ----------------------------------------------------------------------------------
-
-
-def _rollouts() -> rl.Rollouts:
-    """Two groups of 3: group a mixed, group b all equal."""
-    return rl.Rollouts(
-        question_ids=["a"] * 3 + ["b"] * 3, completions=["x"] * 6,
-        lengths=[4, 10, 8, 8, 8, 8], truncated=[False, False, True, True, True, True],
-        rewards={"accuracy": [1.0, 0.0, 1.0, 0.0, 0.0, 0.0], "format": [1.0, 0.0, 0.0, 1.0, 1.0, 1.0]},
-    )
-
-
-def test_step_row_lengths_truncation_and_zero_std_groups():
-    row = rl.step_row(3, _rollouts(), {"accuracy": 1.0, "format": 0.5}, num_generations=3)
-    assert row["step"] == 3 and row["question_ids"] == ["a", "b"]
-    assert row["reward"] == pytest.approx((1.5 + 0 + 1 + 0.5 * 3) / 6)
-    assert row["reward_accuracy"] == pytest.approx(2 / 6) == row["accuracy"]
-    assert row["reward_format"] == pytest.approx(4 / 6)
-    assert row["mean_length"] == pytest.approx(46 / 6)
-    assert row["mean_length_correct"] == 6.0 and row["mean_length_incorrect"] == pytest.approx(34 / 4)
-    assert row["truncated_share"] == pytest.approx(4 / 6)
-    assert row["zero_std_share"] == 0.5 and row["all_rewards_zero"] is False
-
-
-def test_step_row_without_correct_answers_and_warnings(caplog):
-    rollouts = _rollouts()
-    rollouts.rewards = {"accuracy": [0.0] * 6, "format": [0.0] * 6}
-    row = rl.step_row(1, rollouts, {"accuracy": 1.0, "format": 0.5}, num_generations=3)
-    assert row["mean_length_correct"] is None and row["accuracy"] == 0.0
-    assert row["all_rewards_zero"] is True and row["zero_std_share"] == 1.0
-    with caplog.at_level(logging.WARNING, logger="r1repro.rl"):
-        rl.warn_if_no_signal(row, "grpo")
-        rl.warn_if_no_signal({**row, "all_rewards_zero": False, "zero_std_share": 0.75}, "dr_grpo")
-        rl.warn_if_no_signal({**row, "all_rewards_zero": False, "zero_std_share": 0.5}, "dr_grpo")
-    messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 2
-    assert "every reward is 0" in messages[0] and "75% of groups have zero reward std" in messages[1]
-
-
-def test_read_rows_drops_a_torn_last_line(tmp_path):
-    path = tmp_path / "d.jsonl"
-    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "rew', encoding="utf-8")
-    assert rl.read_rows(path) == [{"step": 1}, {"step": 2}]
-    assert rl.read_rows(tmp_path / "missing.jsonl") == []
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
@@ -235,7 +191,7 @@ def test_start_run_dir_discards_checkpoints_of_other_settings(tmp_path, caplog):
     run_dir = tmp_path / "grpo"
     rl.start_run_dir(run_dir, rl.run_fingerprint(cfg, "grpo", common))
     _fake_checkpoint(run_dir / rl.CHECKPOINTS, 2, 2)
-    (run_dir / rl.DIAGNOSTICS_FILE).write_text('{"step": 1}\n')
+    (run_dir / DIAGNOSTICS_FILE).write_text('{"step": 1}\n')
     longer = cfg.model_copy(update={"max_steps": 50, "save_steps": 10})
     rl.start_run_dir(run_dir, rl.run_fingerprint(longer, "grpo", common))  # more steps: keep
     assert rl.last_complete_checkpoint(run_dir / rl.CHECKPOINTS) is not None
@@ -243,7 +199,7 @@ def test_start_run_dir_discards_checkpoints_of_other_settings(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="r1repro.rl"):
         rl.start_run_dir(run_dir, rl.run_fingerprint(other, "grpo", common))
     assert "learning_rate" in caplog.text
-    assert not (run_dir / rl.CHECKPOINTS).exists() and not (run_dir / rl.DIAGNOSTICS_FILE).exists()
+    assert not (run_dir / rl.CHECKPOINTS).exists() and not (run_dir / DIAGNOSTICS_FILE).exists()
 
 
 # --- TRL's loss and advantages on hand-made inputs ------------------------------------------------
@@ -369,7 +325,7 @@ def test_two_steps_each_algorithm_train_and_record_paired_diagnostics(tiny_model
         assert (result.final_dir / "tokenizer.json").is_file()
         rows = result.diagnostics
         assert [r["step"] for r in rows] == [0, 1, 2]
-        assert rl.load_diagnostics(result.run_dir) == rows
+        assert load_diagnostics(result.run_dir) == rows
         assert {"heldout_accuracy", "heldout_truncated_share"} <= rows[0].keys() <= {
             "step", "heldout_accuracy", "heldout_mean_length", "heldout_truncated_share"}
         assert "heldout_accuracy" in rows[2] and "heldout_accuracy" not in rows[1]
@@ -383,7 +339,7 @@ def test_two_steps_each_algorithm_train_and_record_paired_diagnostics(tiny_model
             assert row["step_time_s"] > 0 and row["loss"] is not None
             assert (row["grad_norm"] > 0) == (row["zero_std_share"] < 1)  # no signal, no gradient
             assert {"reward_chars", "reward_accuracy", "reward_format", "accuracy"} <= row.keys()
-        completions = rl.read_rows(result.run_dir / rl.COMPLETIONS_FILE)
+        completions = read_rows(result.run_dir / COMPLETIONS_FILE)
         assert [c["step"] for c in completions] == [1] * 4 + [2] * 4
         live = result.live_dir / "plots" / "metrics"
         assert len((live / "reward.tsv").read_text().splitlines()) == 3  # header + 2 steps
@@ -495,15 +451,3 @@ def test_a_crashed_run_keeps_the_last_good_final_model(tiny_model, common, tmp_p
     assert not list(good.final_dir.parent.glob(".final.*"))  # no staging folder left behind
     # The crash came before checkpoint 2 was written; checkpoint 1 is still the one to resume from.
     assert rl.last_complete_checkpoint(good.run_dir / rl.CHECKPOINTS).name == "checkpoint-1"
-
-
-def test_heldout_frame_keeps_only_evaluated_steps() -> None:
-    from types import SimpleNamespace
-
-    diag = [{"step": 0, "heldout_accuracy": 0.25}, {"step": 1, "reward": 0.5},
-            {"step": 2, "reward": 0.4, "heldout_accuracy": 0.5}]
-    frame = rl.heldout_frame([SimpleNamespace(run="grpo", diagnostics=diag),
-                              SimpleNamespace(run="dr_grpo", diagnostics=diag[:2])])
-    assert frame.to_dict("records") == [{"run": "grpo", "step": 0, "heldout_accuracy": 0.25},
-                                        {"run": "grpo", "step": 2, "heldout_accuracy": 0.5},
-                                        {"run": "dr_grpo", "step": 0, "heldout_accuracy": 0.25}]
