@@ -3,6 +3,7 @@ the tiny random-weight model and worked examples that the training tests use."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -96,3 +97,30 @@ def sft_rows(tiny_model: Path, worked_traces) -> list[dict]:
     tokenizer = load_tokenizer(str(tiny_model))
     return [render_training_example("r1_chat", e.problem, e.response, tokenizer) for e in worked_traces]
 
+
+# ---------------------------------------------------------------------------------------------------
+# Hand-made checkpoint folders
+# ---------------------------------------------------------------------------------------------------
+
+
+def _fake_checkpoint(folder: Path, step: int, state_step: int | None = None,
+                     files=("model.safetensors", "optimizer.pt", "scheduler.pt"),
+                     state_text: str | None = None) -> Path:
+    """A checkpoint-N folder holding `files` (a byte each) and, when given, a trainer_state.json
+    naming `state_step` (or holding `state_text`)."""
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    for name in files:
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_bytes(b"x")
+    if state_text is None and state_step is not None:
+        state_text = json.dumps({"global_step": state_step})
+    if state_text is not None:
+        (path / "trainer_state.json").write_text(state_text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def fake_checkpoint():
+    """`fake_checkpoint(folder, step, state_step=None, files=..., state_text=None)` (`_fake_checkpoint`)."""
+    return _fake_checkpoint

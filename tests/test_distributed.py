@@ -21,7 +21,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from r1repro import rl, sft
+from r1repro import resumable, rl, sft
 from r1repro.config import CommonParams, ConfigError, RlParams, SftParams, deep_merge, validate
 from r1repro.distributed import LAUNCHABLE, Launch, LaunchError, per_process
 from r1repro.rl_diagnostics import COMPLETIONS_FILE, read_rows
@@ -166,7 +166,7 @@ def test_two_process_sft_trains_one_model_and_a_failed_launch_replaces_nothing(
     assert (result.global_step, result.start_step, result.examples) == (2, 0, 4)
     assert [step for step, _ in result.losses] == [1, 2]
     assert_agreed_and_trained(reports[-1], tiny_model, result.output_dir)
-    record = json.loads((result.output_dir / sft.TRAINING_RECORD).read_text())
+    record = json.loads((result.output_dir / resumable.FINAL_RECORD).read_text())
     assert record["launch"]["num_processes"] == 2 and record["global_step"] == 2
     assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()  # written once, by rank 0
     assert not Path(cfg.output_dir + "-checkpoints").exists()
@@ -203,10 +203,11 @@ def test_two_process_grpo_step_gathers_both_shares_and_agrees(
     result = rl.train_run(cfg, "dr_grpo", two_processes, rows=rows)
     assert result.global_step == 1 and result.resumed_from is None
     assert_agreed_and_trained(reports[-1], tiny_model, result.final_dir)
-    assert json.loads((result.final_dir / "r1repro_run.json").read_text())["loss_type"] == "dr_grpo"
+    assert json.loads((result.final_dir / resumable.FINAL_RECORD).read_text())["loss_type"] == "dr_grpo"
     # The diagnostics row holds both processes' completions: both prompts, 4 completions, written once.
     (row,) = result.diagnostics
     assert row["step"] == 1 and len(row["question_ids"]) == 2
     assert row["reward"] == pytest.approx(row["trl_reward"], abs=1e-5)  # TRL's gathered mean agrees
     assert len(read_rows(result.run_dir / COMPLETIONS_FILE)) == 2  # the first group, once
-    assert json.loads((result.run_dir / rl.RUN_CONFIG_FILE).read_text())["launch"]["num_processes"] == 2
+    record = json.loads((result.run_dir / rl.CHECKPOINTS / resumable.RUN_RECORD).read_text())
+    assert record["launch"]["num_processes"] == 2

@@ -24,18 +24,19 @@ on a GPU; transformers, with one warning, where vLLM cannot run); `RunResult.rol
     result.diagnostics                              # one dict per step, also in diagnostics.jsonl
     rl.late_means(rl.curves_frame([result]))        # the notebook's comparison (r1repro.rl_diagnostics)
 
-This module is the trainer glue: config, data order, the trainer, checkpoints and one run. Beside it:
-`r1repro.rl_diagnostics` (per-step diagnostics and the tables comparing runs) and `r1repro.rl_heldout`
-(the periodic held-out check).
+This module is the trainer glue: config, data order, the trainer and one run. Beside it:
+`r1repro.rl_diagnostics` (per-step diagnostics and the tables comparing runs), `r1repro.rl_heldout`
+(the periodic held-out check) and `r1repro.resumable` (fingerprint, checkpoints, resume, the staged
+final model, launching), which the SFT stage shares.
 
 One run's folder, `<rl.output_dir>/<run>/`:
 
-    checkpoints/checkpoint-N/   TRL checkpoints every save_steps; a rerun resumes from the last complete one
-    final/                      the trained model; replaced only by a run that finished
-    diagnostics.jsonl           per-step diagnostics (the record; dvclive is replayed from it)
-    completions.jsonl           the first group of completions of every step, for examples
-    dvclive/                    the same per-step metrics through dvclive (plots/metrics/*.tsv)
-    run_config.json             what the checkpoints were trained with; another config starts afresh
+    checkpoints/checkpoint-N/     TRL checkpoints every save_steps; a rerun resumes from the last complete one
+    checkpoints/r1repro_run.json  what they were trained with (`run_fingerprint`); another config starts afresh
+    final/                        the trained model and r1repro_training.json; replaced only by a finished run
+    diagnostics.jsonl             per-step diagnostics (the record; dvclive is replayed from it)
+    completions.jsonl             the first group of completions of every step, for examples
+    dvclive/                      the same per-step metrics through dvclive (plots/metrics/*.tsv)
 
 Several processes (`common.num_processes` > 1): each run trains under `accelerate launch`
 (`r1repro.distributed`); a step's prompts_per_step x num_generations completions are split evenly over
@@ -56,11 +57,8 @@ Notes on what TRL logs here (and so what the diagnostics hold):
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import math
 import random
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,13 +67,12 @@ from typing import Any, Iterator
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from r1repro import io
+from r1repro import io, resumable
 from r1repro.config import CommonParams, ConfigError, RlParams
 from r1repro.data import load_subset
-from r1repro.distributed import Launch, launched_result, per_process
-from r1repro.io import atomic_write_json, staged_dir
+from r1repro.distributed import Launch, per_process
 from r1repro.modeling import (bf16_mixed_precision, end_of_turn_id, load_model, load_tokenizer, lora_config,
-                              resolve_device, save_trained_model, training_weights_dtype)
+                              resolve_device, training_weights_dtype)
 from r1repro.rewards import reward_functions
 from r1repro.rl_diagnostics import COMPLETIONS_FILE, DIAGNOSTICS_FILE, Diagnostics, load_diagnostics
 # Re-exported: the rl notebook compares its runs with rl.curves_frame, rl.heldout_frame, rl.late_means.
@@ -84,10 +81,7 @@ from r1repro.rl_heldout import HeldoutEval
 from r1repro.rollout import RolloutChoice, announce, choose_rollout
 from r1repro.templates import render_prompt
 
-log = logging.getLogger(__name__)
-
 CHECKPOINTS, FINAL = "checkpoints", "final"
-RUN_CONFIG_FILE = "run_config.json"
 # Always computed, at weight 0 when params leave them out: the diagnostics need them, and TRL logs a
 # zero-weight reward without letting it touch the advantages.
 MONITORED_REWARDS = ("accuracy", "format")
@@ -229,115 +223,38 @@ def build_dataset(rows: Sequence[Mapping[str, Any]], template: str, tokenizer: A
 
 
 # ---------------------------------------------------------------------------------------------------
-# Checkpoints
+# What a run's checkpoints belong to
 # ---------------------------------------------------------------------------------------------------
-
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
-                 "pytorch_model.bin")
-
-
-def checkpoint_step(path: Path) -> int | None:
-    """N for a folder named checkpoint-N, else None."""
-    prefix, _, number = path.name.partition("-")
-    return int(number) if prefix == "checkpoint" and number.isdigit() else None
-
-
-def is_complete_checkpoint(path: Path | str) -> bool:
-    """Whether a checkpoint folder was written to the end.
-
-    `Trainer._save_checkpoint` writes the weights, then optimizer and scheduler, and trainer_state.json
-    last, without a staging folder. So a folder counts as complete only if trainer_state.json parses
-    and names the folder's own step, and the weights, the optimizer state (optimizer.pt, or DeepSpeed's
-    global_stepN/*optim_states.pt) and scheduler.pt are there.
-
-    Args:
-        path: a `checkpoint-N` folder.
-
-    Returns:
-        True when training can resume from it.
-    """
-    path = Path(path)
-    try:
-        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (
-        state.get("global_step") == checkpoint_step(path)
-        and any((path / name).is_file() for name in _WEIGHT_FILES)
-        and ((path / "optimizer.pt").is_file() or any(path.glob("global_step*/*optim_states.pt")))
-        and (path / "scheduler.pt").is_file()
-    )
-
-
-def last_complete_checkpoint(folder: Path | str, discard_incomplete: bool = False) -> Path | None:
-    """The complete checkpoint with the highest step in `folder`, if any.
-
-    Args:
-        folder: the run's checkpoints folder.
-        discard_incomplete: delete incomplete checkpoint folders, so that the trainer neither mixes
-            their files into a new save nor counts them when it rotates old checkpoints away.
-
-    Returns:
-        The folder to resume from, or None.
-    """
-    folder = Path(folder)
-    found = sorted((p for p in folder.glob("checkpoint-*") if checkpoint_step(p) is not None),
-                   key=checkpoint_step)
-    complete = [p for p in found if is_complete_checkpoint(p)]
-    if discard_incomplete:
-        for path in set(found) - set(complete):
-            log.warning("rl: removing incomplete checkpoint %s (a save that did not finish)", path)
-            shutil.rmtree(path, ignore_errors=True)
-    return complete[-1] if complete else None
-
-
-# The modules whose code shapes a run's training; a change to any of them starts checkpoints afresh.
-TRAINING_MODULES = ("rl", "rl_diagnostics", "rl_heldout", "rewards", "grading", "templates", "modeling", "rollout")
 
 
 def run_fingerprint(cfg: RlParams, run: str, common: CommonParams,
-                    rows: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+                    rows: Sequence[Mapping[str, Any]] | None = None,
+                    launch: Launch | None = None) -> dict[str, Any]:
     """What a run's checkpoints depend on: resuming under anything else would mix two experiments.
 
     Steps, saving and held-out settings are left out: they may change between resumptions. The
-    process layout counts (data order and checkpoint format depend on it); it is added only when
-    several processes train, so single-process checkpoints made before it existed still resume.
-    The starting weights and the training code count too: a retrained cold-start model or a code
-    change must not resume (and, for a finished run, silently keep) the old run.
+    starting weights, the training code and, with several processes, their layout count too
+    (`r1repro.resumable.fingerprint`): a retrained cold-start model or a code change must not
+    resume (and, for a finished run, silently keep) the old run.
 
     Args:
         cfg, run, common: as for `train_run`.
         rows: the training rows when they are not simply `cfg.prompts` (e.g. a prompt filter's choice).
+        launch: `Launch.from_common(common)`, when several processes train.
     """
     shared = cfg.model_dump(mode="json", exclude={
         "runs", "max_steps", "save_steps", "heldout", "eval_steps", "eval_limit", "eval_sampling", "output_dir",
         "gradient_checkpointing"})
-    layout = {"launch": {"num_processes": common.num_processes,
-                         "accelerate_config": common.accelerate_config}} if common.num_processes > 1 else {}
     chosen = {"rows": io.text_digest(str(r.get("id", r["problem"])) for r in rows)} if rows is not None else {}
-    return {"run": run, **cfg.runs[run].model_dump(mode="json"), **shared,
-            "seed": common.seed, "dtype": common.dtype, **layout, **chosen,
-            "init_weights": io.weights_digest(cfg.init_model), "code": io.source_digest(*TRAINING_MODULES)}
+    settings = {"run": run, **cfg.runs[run].model_dump(mode="json"), **shared,
+                "seed": common.seed, "dtype": common.dtype, **chosen}
+    return resumable.fingerprint("rl", cfg.init_model, settings, launch)
 
 
-def start_run_dir(run_dir: Path, fingerprint: Mapping[str, Any]) -> None:
-    """Make the run folder; when its checkpoints came from another config, discard them and their logs.
-
-    Args:
-        run_dir: `<rl.output_dir>/<run>`.
-        fingerprint: `run_fingerprint(...)` of this call.
-    """
-    record = run_dir / RUN_CONFIG_FILE
-    previous = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
-    if previous is not None and previous != dict(fingerprint):
-        changed = sorted(k for k in {*previous, *fingerprint} if previous.get(k) != fingerprint.get(k))
-        log.warning("rl: %s was trained with other settings (%s); starting it afresh",
-                    run_dir, ", ".join(changed))
-        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
-        for name in (DIAGNOSTICS_FILE, COMPLETIONS_FILE):
-            (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(record, dict(fingerprint))
+def run_files(run_dir: Path) -> resumable.RunFiles:
+    """A run's checkpoints, final model, and the per-step logs that are discarded with its checkpoints."""
+    return resumable.RunFiles(run_dir / CHECKPOINTS, run_dir / FINAL,
+                              logs=(run_dir / DIAGNOSTICS_FILE, run_dir / COMPLETIONS_FILE))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -460,40 +377,6 @@ def make_trainer(cfg: RlParams, run: str, common: CommonParams, *,
     return trainer, diagnostics
 
 
-def write_final(trainer: GRPOTrainer, folder: Path, meta: Mapping[str, Any]) -> None:
-    """Write the trained model and `meta` into `folder` (in a launch, every process calls this).
-
-    Raises:
-        FloatingPointError: a weight is NaN or inf (nothing is written).
-    """
-    for name, param in trainer.model.named_parameters():
-        if not param.isfinite().all():
-            raise FloatingPointError(f"parameter {name} holds NaN or inf after training; "
-                                     "the previous final model is kept")
-    save_trained_model(trainer, folder)
-    if trainer.is_world_process_zero():
-        atomic_write_json(folder / "r1repro_run.json", dict(meta))
-
-
-def save_final(trainer: GRPOTrainer, target: Path, meta: Mapping[str, Any]) -> Path:
-    """Save the trained model into a staging folder, then rename it onto `target`.
-
-    A crash while saving leaves the previous final model in place; so does a model with non-finite
-    weights, which raises instead.
-
-    Args:
-        trainer: the trainer after `train()`.
-        target: `<run>/final`.
-        meta: written beside the model as r1repro_run.json (run, step, algorithm).
-
-    Returns:
-        `target`.
-    """
-    with staged_dir(target) as tmp:
-        write_final(trainer, tmp, meta)
-    return target
-
-
 @contextlib.contextmanager
 def compact_lm_head_scoring(enabled: bool = True) -> Iterator[None]:
     """Let TRL's fused LM head score only the completion tokens on CPU: faster, same numbers.
@@ -532,7 +415,8 @@ def train_run(cfg: RlParams, run: str, common: CommonParams, *,
     Checkpoints go to `<rl.output_dir>/<run>/checkpoints` every `cfg.save_steps` steps (and at the
     last step). A rerun resumes from the last complete one, step counter, optimiser and scheduler
     included; raising `cfg.max_steps` continues a finished run. Checkpoints made with other settings
-    (see `run_fingerprint`) are discarded. The model lands in `<run>/final` only if training ends.
+    (see `run_fingerprint`) are discarded with the diagnostics logged beside them. The model lands
+    in `<run>/final` only if training ends (`r1repro.resumable`).
 
     With `common.num_processes` > 1 the training runs under `accelerate launch` (see
     `r1repro.distributed`); this process still picks the checkpoint and replaces `<run>/final`.
@@ -548,56 +432,55 @@ def train_run(cfg: RlParams, run: str, common: CommonParams, *,
         LaunchError: the launched processes failed (`<run>/final` keeps its previous model).
     """
     run_dir = Path(cfg.output_dir) / run
-    start_run_dir(run_dir, run_fingerprint(cfg, run, common, rows))
-    resume = last_complete_checkpoint(run_dir / CHECKPOINTS, discard_incomplete=True)
-    if resume is not None:
-        log.info("rl %s: resuming from %s", run, resume)
-    resumed_from = checkpoint_step(resume) if resume else None
+    files, launch = run_files(run_dir), Launch.from_common(common)
+    record = run_fingerprint(cfg, run, common, rows, launch)
+    resume = resumable.resume_point(files, record, f"rl {run}")
     # Decided (and warned about) before any model is loaded, so a fallback shows at the top of the log.
     rollout = choose_rollout(common.backend, resolve_device(common.device))
     announce(rollout, run)
-    launch = Launch.from_common(common)
+    trained = resumable.run_training(
+        "rl", files.final_dir, launch,
+        here=lambda: _train(cfg, run, common, resume, record, rows=rows, heldout_rows=heldout_rows,
+                            callbacks=callbacks, live_dir=live_dir, rollout=rollout),
+        payload=lambda: {"cfg": cfg.model_dump(mode="json"), "run": run,
+                         "common": common.model_dump(mode="json"), "rows": rows, "heldout_rows": heldout_rows,
+                         "live_dir": str(live_dir) if live_dir else None,
+                         "resume": str(resume) if resume else None, "record": record},
+        lora=cfg.lora, lora_key="rl.lora.enabled", callbacks=callbacks)
     if launch is None:
-        trainer, diagnostics = _train(cfg, run, common, resume, rows=rows, heldout_rows=heldout_rows,
-                                      callbacks=callbacks, live_dir=live_dir, rollout=rollout)
-        step = trainer.state.global_step
-        final = save_final(trainer, run_dir / FINAL, _final_meta(cfg, run, step))
-        return RunResult(run=run, final_dir=final, diagnostics=list(diagnostics.rows), run_dir=run_dir,
-                         live_dir=diagnostics.live_dir, resumed_from=resumed_from, global_step=step,
-                         rollout=rollout.record())
-    launch.check(cfg.lora, callbacks, "rl.lora.enabled")
-    with staged_dir(run_dir / FINAL) as tmp:  # replaced only if every process finished
-        report = launch.run("rl", {
-            "cfg": cfg.model_dump(mode="json"), "run": run, "common": common.model_dump(mode="json"),
-            "rows": rows, "heldout_rows": heldout_rows, "live_dir": str(live_dir) if live_dir else None,
-            "resume": str(resume) if resume else None, "final_dir": str(tmp)})
-    return RunResult(run=run, final_dir=run_dir / FINAL, diagnostics=load_diagnostics(run_dir),
-                     run_dir=run_dir, live_dir=Path(live_dir) if live_dir else run_dir / "dvclive",
-                     resumed_from=resumed_from, global_step=report["global_step"], rollout=rollout.record())
+        diagnostics, live = list(trained.local.rows), trained.local.live_dir
+    else:  # the main process of the launch wrote them
+        diagnostics, live = load_diagnostics(run_dir), Path(live_dir) if live_dir else run_dir / "dvclive"
+    return RunResult(run=run, final_dir=files.final_dir, diagnostics=diagnostics, run_dir=run_dir,
+                     live_dir=live, resumed_from=resumable.checkpoint_step(resume) if resume else None,
+                     global_step=trained.fields["global_step"], rollout=rollout.record())
 
 
 def _train(cfg: RlParams, run: str, common: CommonParams, resume: Path | str | None,
-           **trainer_args: Any) -> tuple[GRPOTrainer, Diagnostics]:
-    """Make the trainer (`make_trainer` arguments) and train it, from `resume` when given."""
+           record: Mapping[str, Any], **trainer_args: Any) -> resumable.Trained:
+    """Make the trainer (`make_trainer` arguments) and train it, from `resume` when given.
+
+    Returns:
+        The trainer, the step reached, the final model's record (`record` and the step) and, as
+        `local`, the diagnostics callback.
+    """
     trainer, diagnostics = make_trainer(cfg, run, common, **trainer_args)
     with compact_lm_head_scoring(enabled=trainer.args.device.type == "cpu"):
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    return trainer, diagnostics
-
-
-def _final_meta(cfg: RlParams, run: str, step: int) -> dict[str, Any]:
-    """What r1repro_run.json beside a final model says: the run, its step and its algorithm."""
-    return {"run": run, "global_step": step, **cfg.runs[run].model_dump(mode="json")}
+    step = trainer.state.global_step
+    return resumable.Trained(trainer, fields={"global_step": step}, record={**record, "global_step": step},
+                             local=diagnostics)
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """One launched process's part of `train_run` (see `r1repro.distributed`): train, write the model
-    into the staging folder `job["final_dir"]`, and report (rank 0's report is the one kept)."""
+    into the staging folder `job["final_dir"]`, and report (`resumable.run_launched_job`)."""
+    return resumable.run_launched_job(job, _train_job)
+
+
+def _train_job(job: dict[str, Any]) -> resumable.Trained:
+    """`_train` with the JSON arguments of a launched job."""
     cfg, common = RlParams.model_validate(job["cfg"]), CommonParams.model_validate(job["common"])
-    trainer, _ = _train(cfg, job["run"], common, job["resume"], rows=job["rows"],
-                        heldout_rows=job["heldout_rows"],
-                        live_dir=Path(job["live_dir"]) if job["live_dir"] else None)
-    step = trainer.state.global_step
-    report = launched_result(trainer, global_step=step)
-    write_final(trainer, Path(job["final_dir"]), _final_meta(cfg, job["run"], step))
-    return report
+    live_dir = Path(job["live_dir"]) if job["live_dir"] else None
+    return _train(cfg, job["run"], common, job["resume"], job["record"], rows=job["rows"],
+                  heldout_rows=job["heldout_rows"], live_dir=live_dir)
