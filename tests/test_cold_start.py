@@ -1,5 +1,6 @@
-"""Tests for r1repro.cold_start: the worked-solution solver on literal questions, the rejection filter
-with a fake teacher, the overlap check on the real data, and the TRL dataset with the real tokenizer.
+"""Tests of stage 2's data: the worked-solution solver on literal questions (r1repro.worked_solutions),
+the rejection filter with a fake teacher (r1repro.rejection_sampling), the overlap check on the real
+data (r1repro.cold_start), and the TRL dataset with the real tokenizer (r1repro.sft_examples).
 
     pytest tests/test_cold_start.py -q
 """
@@ -14,8 +15,11 @@ import pytest
 
 from r1repro import cold_start as cs
 from r1repro import grading, rewards, templates
-from r1repro.data import load_jsonl
+from r1repro import rejection_sampling as rs
+from r1repro import worked_solutions as ws
+from r1repro.data import DataError, load_jsonl
 from r1repro.generation import Completion
+from r1repro.sft_examples import ColdStartExample, to_sft_dataset
 
 BASE = Path(__file__).resolve().parents[1] / "models" / "base"
 needs_base = pytest.mark.skipif(not (BASE / "config.json").is_file(), reason="models/base missing")
@@ -54,39 +58,39 @@ def holds(left: str, op: str, right: str, result: str) -> bool:
     ("No numbers here at all.", []),
 ])
 def test_find_numbers(text, values):
-    assert [m.value for m in cs.find_numbers(text)] == values
+    assert [m.value for m in ws.find_numbers(text)] == values
 
 
 def test_format_number_is_exact_or_none():
-    assert cs.format_number(Fraction(13)) == "13"
-    assert cs.format_number(Fraction(5, 2)) == "2.5"
-    assert cs.format_number(Fraction(1, 8)) == "0.125"
-    assert cs.format_number(Fraction(10, 3)) is None
+    assert ws.format_number(Fraction(13)) == "13"
+    assert ws.format_number(Fraction(5, 2)) == "2.5"
+    assert ws.format_number(Fraction(1, 8)) == "0.125"
+    assert ws.format_number(Fraction(10, 3)) is None
 
 
 def test_solve_one_step_from_number_words():
-    solution = cs.solve(TRAIN_58["problem"], Fraction(13))
+    solution = ws.solve(TRAIN_58["problem"], Fraction(13))
     assert solution is not None
     assert [(s.left, s.op, s.right, s.result) for s in solution.steps] == [(58, "-", 45, 13)]
     assert solution.formula == "58 - 45"
 
 
 def test_solve_two_steps_writes_needed_parentheses():
-    solution = cs.solve(FAYE["problem"], Fraction(5))
+    solution = ws.solve(FAYE["problem"], Fraction(5))
     assert solution is not None and len(solution.steps) == 2
     assert solution.formula == "(68 - 28) / 8"
     assert [s.result for s in solution.steps] == [40, 5]
 
 
 def test_solve_returns_none_when_nothing_fits():
-    assert cs.solve("Ann has 4 apples and 6 pears. How many fruits?", Fraction(1000)) is None
+    assert ws.solve("Ann has 4 apples and 6 pears. How many fruits?", Fraction(1000)) is None
 
 
 @pytest.mark.parametrize("row,steps", [(TRAIN_58, 1), (FAYE, 2), (TONY, 2)])
 def test_worked_example_is_formatted_correct_and_checked(row, steps):
     import random
 
-    example = cs.worked_example(row, random.Random(0))
+    example = ws.worked_example(row, random.Random(0))
     assert example is not None and example.source == "worked"
     text = example.response
     assert rewards.format_score(text) == 1.0
@@ -102,30 +106,30 @@ def test_worked_example_is_formatted_correct_and_checked(row, steps):
 def test_verification_catches_a_wrong_step_or_answer():
     import random
 
-    text = cs.worked_example(FAYE, random.Random(0)).response
-    assert cs.verify_worked_response(text, Fraction(5), steps=2)
-    assert not cs.verify_worked_response(text.replace("68 - 28 = 40.", "68 - 28 = 41."), Fraction(5), steps=2)
-    assert not cs.verify_worked_response(text.replace("\\boxed{5}", "\\boxed{6}"), Fraction(5), steps=2)
-    assert not cs.verify_worked_response(text, Fraction(6), steps=2)
-    assert not cs.verify_worked_response(text.replace("</think>", ""), Fraction(5), steps=2)
+    text = ws.worked_example(FAYE, random.Random(0)).response
+    assert ws.verify_worked_response(text, Fraction(5), steps=2)
+    assert not ws.verify_worked_response(text.replace("68 - 28 = 40.", "68 - 28 = 41."), Fraction(5), steps=2)
+    assert not ws.verify_worked_response(text.replace("\\boxed{5}", "\\boxed{6}"), Fraction(5), steps=2)
+    assert not ws.verify_worked_response(text, Fraction(6), steps=2)
+    assert not ws.verify_worked_response(text.replace("</think>", ""), Fraction(5), steps=2)
 
 
 def test_worked_example_counts_why_questions_are_dropped():
     import random
 
-    stats = cs.WorkedStats()
+    stats = ws.WorkedStats()
     rows = [{"id": "a", "problem": "Ann has 4 apples and 6 pears.", "answer": "1000"},
             {"id": "b", "problem": "How many apples?", "answer": "3"},
             {"id": "c", "problem": "Ann has 4 apples.", "answer": "many"}]
-    assert all(cs.worked_example(r, random.Random(0), stats=stats) is None for r in rows)
+    assert all(ws.worked_example(r, random.Random(0), stats=stats) is None for r in rows)
     assert (stats.no_expression, stats.too_few_numbers, stats.no_gold) == (1, 1, 1)
 
 
 def test_build_is_deterministic_and_reports_yield(data_dir):
     rows = load_jsonl(data_dir / "train" / "asdiv.jsonl", limit=120)
-    first, stats = cs.build_worked_examples(rows, count=40, seed=7)
-    again, _ = cs.build_worked_examples(rows, count=40, seed=7)
-    other, _ = cs.build_worked_examples(rows, count=40, seed=8)
+    first, stats = ws.build_worked_examples(rows, count=40, seed=7)
+    again, _ = ws.build_worked_examples(rows, count=40, seed=7)
+    other, _ = ws.build_worked_examples(rows, count=40, seed=8)
     assert first == again and len(first) == 40
     assert [e.id for e in first] != [e.id for e in other]
     assert stats.solved == 40 and stats.questions >= 40
@@ -140,7 +144,7 @@ def test_build_respects_a_token_budget(data_dir):
 
     tokenizer = load_tokenizer(str(BASE))
     rows = load_jsonl(data_dir / "train" / "asdiv.jsonl", limit=80)
-    examples, stats = cs.build_worked_examples(rows, seed=0, tokenizer=tokenizer, max_tokens=80)
+    examples, stats = ws.build_worked_examples(rows, seed=0, tokenizer=tokenizer, max_tokens=80)
     assert stats.too_long > 0 and examples
     assert all(len(tokenizer(e.response, add_special_tokens=False)["input_ids"]) < 80 for e in examples)
 
@@ -179,9 +183,9 @@ def test_rejection_sampling_keeps_only_good_new_responses():
     ]
     teacher = FakeTeacher(texts)
     rows = [{"id": "q1", "problem": "Ann has 2 apples and gets 3 more. How many?", "answer": "5"}]
-    demo = cs.ColdStartExample("d", "Bob has 1 pen and buys 1 more.", "2", "<think>\n1 + 1 = 2.\n</think>\n"
-                               "<answer>\\boxed{2}</answer>", "worked")
-    kept, stats = cs.rejection_sample(teacher, rows, "r1", demos=[demo], n=len(texts), temperature=0.7,
+    demo = ColdStartExample("d", "Bob has 1 pen and buys 1 more.", "2", "<think>\n1 + 1 = 2.\n</think>\n"
+                            "<answer>\\boxed{2}</answer>", "worked")
+    kept, stats = rs.rejection_sample(teacher, rows, "r1", demos=[demo], n=len(texts), temperature=0.7,
                                       top_p=0.9, max_tokens=64, seed=3, per_question=1)
     assert [e.response for e in kept] == ["<think>" + GOOD]
     assert kept[0].problem == rows[0]["problem"] and kept[0].source == "teacher"
@@ -199,16 +203,16 @@ def test_rejection_sampling_keeps_several_per_question_when_asked():
     texts = [(GOOD, "stop"), (GOOD.replace("Ann has", "Annie holds"), "stop")]
     rows = [{"id": "q1", "problem": "Ann has 2 apples and gets 3 more.", "answer": "5"},
             {"id": "q2", "problem": "What is 4 + 4?", "answer": "8"}]
-    kept, stats = cs.rejection_sample(FakeTeacher(texts), rows, "r1", n=2, per_question=2)
+    kept, stats = rs.rejection_sample(FakeTeacher(texts), rows, "r1", n=2, per_question=2)
     assert [e.id for e in kept] == ["q1", "q1"]
     assert (stats.kept, stats.incorrect, stats.questions_kept) == (2, 2, 1)
 
 
 def test_few_shot_question_leaves_out_a_demo_of_the_same_question():
-    demo = cs.ColdStartExample("d", "What is 1 + 1?", "2", "<think>1 + 1 = 2</think><answer>2</answer>", "worked")
-    text = cs.few_shot_question("What is 1 + 1?", [demo])
+    demo = ColdStartExample("d", "What is 1 + 1?", "2", "<think>1 + 1 = 2</think><answer>2</answer>", "worked")
+    text = rs.few_shot_question("What is 1 + 1?", [demo])
     assert demo.response not in text and text.endswith("Problem: What is 1 + 1?")
-    assert demo.response in cs.few_shot_question("What is 2 + 2?", [demo])
+    assert demo.response in rs.few_shot_question("What is 2 + 2?", [demo])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -237,7 +241,7 @@ def test_overlap_check_on_the_real_data(data_dir):
 
 def test_overlap_check_refuses_an_empty_benchmark_folder(tmp_path):
     (tmp_path / "eval").mkdir()
-    with pytest.raises(cs.DataError, match="no benchmark files"):
+    with pytest.raises(DataError, match="no benchmark files"):
         cs.check_no_overlap([TRAIN_58], tmp_path)
 
 
@@ -253,8 +257,8 @@ def test_sft_dataset_uses_the_generation_prompt_and_ends_the_turn():
     from r1repro.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(str(BASE))
-    example = cs.worked_example(TRAIN_58, random.Random(0))
-    dataset = cs.to_sft_dataset([example], "r1_chat", tokenizer)
+    example = ws.worked_example(TRAIN_58, random.Random(0))
+    dataset = to_sft_dataset([example], "r1_chat", tokenizer)
     assert dataset.column_names == ["prompt", "completion"]
     row = dataset[0]
     assert row["prompt"] == templates.render_prompt("r1_chat", TRAIN_58["problem"], tokenizer)
@@ -262,4 +266,4 @@ def test_sft_dataset_uses_the_generation_prompt_and_ends_the_turn():
     assert row["completion"].endswith("</answer><|im_end|>")
     assert rewards.format_score("<think>" + row["completion"].removesuffix("<|im_end|>")) == 1.0
     with pytest.raises(ValueError, match="no cold-start examples"):
-        cs.to_sft_dataset([], "r1_chat", tokenizer)
+        to_sft_dataset([], "r1_chat", tokenizer)

@@ -33,32 +33,34 @@ from repo_copy import make_copy, run
 from safetensors.torch import load_file
 
 from r1repro import distill as distillation
-from r1repro import rl as rl_training
-from r1repro import sft as sft_training
-from r1repro.cold_start import ColdStartExample
+from r1repro import resumable
 from r1repro.config import validate
+from r1repro.sft_examples import ColdStartExample
 
 pytestmark = pytest.mark.slow
 
 STEPS = 4
-TINY_QWEN2 = {"architecture": "qwen2", "tokenizer": "models/base", "note": "random init, test size",
-              "config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-                         "num_key_value_heads": 2, "intermediate_size": 64}}
 STUDENTS = ("first_not_pretrained", "second_not_pretrained")
-OVERRIDES = {
-    "sft": {"save_steps": 1},  # the smoke SFT (its steps: see sft_steps), a checkpoint after each
-    "rl": {"max_steps": STEPS, "save_steps": 1},
-    # Two tiny students in turn, one trace per step, a checkpoint after each: the kill comes while
-    # the second trains, after the first has finished.
-    "distill": {"students": {label: TINY_QWEN2 for label in STUDENTS}, "batch_size": 1, "epochs": 4.0,
-                "save_steps": 1},
-}
+
+
+def overrides(tiny_size: dict[str, int]) -> dict:
+    """The smoke params, changed so that each training stage saves a checkpoint after every step."""
+    qwen2 = {"architecture": "qwen2", "tokenizer": "models/base", "note": "random init, test size",
+             "config": tiny_size}
+    return {
+        "sft": {"save_steps": 1},  # the smoke SFT (its steps: see sft_steps), a checkpoint after each
+        "rl": {"max_steps": STEPS, "save_steps": 1},
+        # Two tiny students in turn, one trace per step, a checkpoint after each: the kill comes while
+        # the second trains, after the first has finished.
+        "distill": {"students": {label: qwen2 for label in STUDENTS}, "batch_size": 1, "epochs": 4.0,
+                    "save_steps": 1},
+    }
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory, repo_root: Path, data_dir: Path) -> Path:
+def repo(tmp_path_factory: pytest.TempPathFactory, repo_root: Path, data_dir: Path, tiny_size) -> Path:
     """A smoke copy with the base model imported (the stages under test are still to run)."""
-    copy = make_copy(tmp_path_factory.mktemp("crash") / "repo", repo_root, data_dir, OVERRIDES)
+    copy = make_copy(tmp_path_factory.mktemp("crash") / "repo", repo_root, data_dir, overrides(tiny_size))
     run(["dvc", "repro", "import_model"], copy)
     return copy
 
@@ -117,9 +119,9 @@ def test_sft_killed_mid_training_resumes_from_its_last_checkpoint(repo: Path) ->
     sft = _params(repo).sft
     steps = math.ceil(sft.train_examples / sft.batch_size) * int(sft.epochs)  # at most: fewer may solve
     checkpoints = repo / "models" / "sft-checkpoints"
-    _crash_after_first_checkpoint(repo, "sft", lambda: sft_training.last_checkpoint(checkpoints))
-    reached = sft_training.last_checkpoint(checkpoints)
-    step = int(reached.name.split("-")[-1])
+    _crash_after_first_checkpoint(repo, "sft", lambda: resumable.last_complete_checkpoint(checkpoints))
+    reached = resumable.last_complete_checkpoint(checkpoints)
+    step = resumable.checkpoint_step(reached)
     assert 1 <= step < steps, f"the kill came too late to test resuming (step {step})"
     assert not (repo / "results" / "sft" / "metrics.json").exists()  # no results from a killed run
     _plant_torn_save(checkpoints, step + 1)
@@ -129,7 +131,7 @@ def test_sft_killed_mid_training_resumes_from_its_last_checkpoint(repo: Path) ->
     assert training["resumed_from_step"] == step  # the complete checkpoint, not the torn one
     assert step < training["steps"] <= steps
     assert (repo / "models" / "sft" / "model.safetensors").is_file()
-    record = json.loads((repo / "models" / "sft" / sft_training.TRAINING_RECORD).read_text())
+    record = json.loads((repo / "models" / "sft" / resumable.FINAL_RECORD).read_text())
     assert record["global_step"] == training["steps"]
     assert not checkpoints.exists()  # removed once the run finished (sft.keep_checkpoints: false)
 
@@ -137,9 +139,9 @@ def test_sft_killed_mid_training_resumes_from_its_last_checkpoint(repo: Path) ->
 def test_rl_killed_mid_training_resumes_with_step_and_optimizer(repo: Path) -> None:
     run(["dvc", "repro", "sft"], repo)  # no-op after the SFT test; trains SFT when run alone
     checkpoints = repo / "models" / "rl" / "grpo" / "checkpoints"
-    _crash_after_first_checkpoint(repo, "rl", lambda: rl_training.last_complete_checkpoint(checkpoints))
-    reached = rl_training.last_complete_checkpoint(checkpoints)
-    step = rl_training.checkpoint_step(reached)
+    _crash_after_first_checkpoint(repo, "rl", lambda: resumable.last_complete_checkpoint(checkpoints))
+    reached = resumable.last_complete_checkpoint(checkpoints)
+    step = resumable.checkpoint_step(reached)
     assert 1 <= step < STEPS, f"the kill came too late to test resuming (step {step})"
     assert (reached / "optimizer.pt").is_file() and (reached / "scheduler.pt").is_file()
     assert not (repo / "models" / "rl" / "grpo" / "final").exists()
@@ -156,7 +158,7 @@ def test_rl_killed_mid_training_resumes_with_step_and_optimizer(repo: Path) -> N
     assert final_state["global_step"] == STEPS
     logged = [row["step"] for row in final_state["log_history"] if "loss" in row]
     assert logged == sorted(set(logged)) and logged[-1] == STEPS  # each step logged once
-    assert not torn.exists() or rl_training.is_complete_checkpoint(torn)
+    assert not torn.exists() or resumable.is_complete_checkpoint(torn)
     diagnostics = [json.loads(line) for line in
                    (repo / "results" / "rl" / "diagnostics_grpo.jsonl").read_text().splitlines()]
     assert [row["step"] for row in diagnostics if row["step"] > 0] == list(range(1, STEPS + 1))
@@ -183,15 +185,22 @@ def _train_student_here(repo: Path, label: str, out: Path, monkeypatch: pytest.M
     return result.start_step, load_file(out / label / "model.safetensors")
 
 
+def _empty_adam_state(path: Path) -> None:
+    """Rewrite a checkpoint's optimizer.pt as a fresh AdamW's: the same parameter groups, no moments.
+    (A checkpoint without optimizer.pt is refused altogether: tests/test_sft.py.)"""
+    state = torch.load(path, weights_only=False)
+    torch.save({**state, "state": {}}, path)
+
+
 def test_distill_killed_mid_student_resumes_it_and_keeps_the_finished_one(
         repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run(["dvc", "repro", "rl"], repo)  # the teacher's stages, when run alone (no-op after the RL test)
     distill_dir = repo / "models" / "distill"
     first, second = (distill_dir / label for label in STUDENTS)
     checkpoints = distill_dir / f"{STUDENTS[1]}-checkpoints"
-    _crash_after_first_checkpoint(repo, "distill", lambda: sft_training.last_checkpoint(checkpoints))
-    reached = sft_training.last_checkpoint(checkpoints)
-    step = int(reached.name.split("-")[-1])
+    _crash_after_first_checkpoint(repo, "distill", lambda: resumable.last_complete_checkpoint(checkpoints))
+    reached = resumable.last_complete_checkpoint(checkpoints)
+    step = resumable.checkpoint_step(reached)
     assert (first / "model.safetensors").is_file() and not second.exists()
     assert (reached / "optimizer.pt").is_file() and (reached / "scheduler.pt").is_file()
     assert not (repo / "results" / "distill" / "metrics.json").exists()
@@ -213,19 +222,19 @@ def test_distill_killed_mid_student_resumes_it_and_keeps_the_finished_one(
     table = (repo / "results" / "distill" / "live" / STUDENTS[1] / "plots" / "metrics" / "train" / "loss.tsv")
     header, *rows = [line.split("\t") for line in table.read_text().splitlines()]
     assert [int(row[header.index("step")]) for row in rows] == list(range(step + 1, total + 1))  # step goes on
-    record = json.loads((second / sft_training.TRAINING_RECORD).read_text())
+    record = json.loads((second / resumable.FINAL_RECORD).read_text())
     assert record["global_step"] == total
     assert not checkpoints.exists() and not torn.exists()  # removed once the student finished
     for label in STUDENTS:
         assert students[label]["after"]["n"] > 0 and (distill_dir / label / "model.safetensors").is_file()
 
     # Optimizer state restored: the resumed student ends with the weights of a run never killed,
-    # and resuming from the same checkpoint without its optimizer.pt does not.
+    # and resuming from the same checkpoint with Adam's moments emptied does not.
     resumed = load_file(second / "model.safetensors")
     started, uninterrupted = _train_student_here(repo, STUDENTS[1], tmp_path / "reference", monkeypatch)
     assert started == 0 and resumed.keys() == uninterrupted.keys()
     assert all(torch.allclose(resumed[k], uninterrupted[k], rtol=0, atol=1e-6) for k in resumed)
-    (snapshot / reached.name / "optimizer.pt").unlink()
+    _empty_adam_state(snapshot / reached.name / "optimizer.pt")
     started, fresh_adam = _train_student_here(repo, STUDENTS[1], tmp_path / "no_optimizer", monkeypatch,
                                               snapshot)
     assert started == step

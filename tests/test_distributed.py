@@ -1,6 +1,6 @@
 """Tests of the multi-process path (r1repro.distributed): accelerate configs, launch settings, and real
 2-process data-parallel SFT and GRPO steps on CPU (torchrun workers joined over gloo), on a tiny
-random-weight Llama with the embedded tokenizer.
+random-weight Llama with the embedded tokenizer (tests/conftest.py).
 
 What the launched runs must show: two processes trained (world size 2), both ended with the same
 weights (the launcher compares every process's digest of its trainable weights), the weights moved
@@ -21,10 +21,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from r1repro import rl, sft
+from r1repro import resumable, rl, sft
 from r1repro.config import CommonParams, ConfigError, RlParams, SftParams, deep_merge, validate
 from r1repro.distributed import LAUNCHABLE, Launch, LaunchError, per_process
-from r1repro.templates import render_training_example
+from r1repro.rl_diagnostics import COMPLETIONS_FILE, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
@@ -43,22 +43,6 @@ def chars_reward(completions, **kwargs):
     return [len(c) / 100 for c in completions]
 rewards.REWARDS["chars"] = chars_reward
 '''
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory, base_model_dir: Path) -> Path:
-    """models/base's config scaled down to 2 layers x hidden 32, random weights, its tokenizer."""
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig, LlamaForCausalLM
-
-    config = AutoConfig.from_pretrained(base_model_dir)
-    config.update({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                   "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8})
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(base_model_dir).save_pretrained(folder)
-    GenerationConfig.from_pretrained(base_model_dir).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture
@@ -171,38 +155,25 @@ def test_launch_check_refuses_callbacks_and_lora_under_zero3() -> None:
 
 # --- real launches ----------------------------------------------------------------------------------
 
-QUESTIONS = [("Tom has 3 apples and buys 4 more. How many apples?", "3 + 4 = 7", "7"),
-             ("A box holds 12 pens. 5 are taken. How many are left?", "12 - 5 = 7", "7"),
-             ("Each bag has 6 eggs. How many eggs are in 2 bags?", "6 * 2 = 12", "12"),
-             ("Split 20 sweets among 4 kids. How many each?", "20 / 4 = 5", "5")]
-
-
-def sft_dataset(model: Path) -> list[dict]:
-    from r1repro.modeling import load_tokenizer
-
-    tokenizer = load_tokenizer(str(model))
-    return [render_training_example("r1_chat", q, f"<think>\n{work}.\n</think>\n<answer>\\boxed{{{a}}}</answer>",
-                                     tokenizer) for q, work, a in QUESTIONS]
-
 
 def test_two_process_sft_trains_one_model_and_a_failed_launch_replaces_nothing(
-        tiny_model, two_processes, reports, tmp_path) -> None:
+        tiny_model, sft_rows, two_processes, reports, tmp_path) -> None:
     # batch_size 4 over 2 processes: 2 examples each per step; 4 examples x 2 epochs = 2 steps.
     cfg = SftParams(init_model=str(tiny_model), output_dir=str(tmp_path / "sft"), batch_size=4, epochs=2.0,
                     learning_rate=1e-2, save_steps=1, max_length=160)
-    result = sft.train_from_params(sft_dataset(tiny_model), cfg, two_processes, live_dir=tmp_path / "live",
+    result = sft.train_from_params(sft_rows, cfg, two_processes, live_dir=tmp_path / "live",
                                    progress=False)
     assert (result.global_step, result.start_step, result.examples) == (2, 0, 4)
     assert [step for step, _ in result.losses] == [1, 2]
     assert_agreed_and_trained(reports[-1], tiny_model, result.output_dir)
-    record = json.loads((result.output_dir / sft.TRAINING_RECORD).read_text())
+    record = json.loads((result.output_dir / resumable.FINAL_RECORD).read_text())
     assert record["launch"]["num_processes"] == 2 and record["global_step"] == 2
     assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()  # written once, by rank 0
     assert not Path(cfg.output_dir + "-checkpoints").exists()
 
     # batch_size is per step over all processes: one process with all 4 examples per step takes the
     # same steps (up to float rounding: the two halves' gradients are averaged in another order).
-    alone = sft.train_from_params(sft_dataset(tiny_model), cfg.model_copy(update={"output_dir": str(tmp_path / "one")}),
+    alone = sft.train_from_params(sft_rows, cfg.model_copy(update={"output_dir": str(tmp_path / "one")}),
                                   two_processes.model_copy(update={"num_processes": 1}), progress=False)
     assert [loss for _, loss in alone.losses] == pytest.approx([loss for _, loss in result.losses], rel=1e-6)
     together = weights(result.output_dir)
@@ -213,18 +184,18 @@ def test_two_process_sft_trains_one_model_and_a_failed_launch_replaces_nothing(
     broken = cfg.model_copy(update={"init_model": str(tmp_path / "no_such_model")})
     with pytest.raises(LaunchError, match=r"sft training in 2 processes .* failed with exit code 1: "
                        r"r1repro.config.ConfigError: model .*no_such_model.* does not exist"):
-        sft.train_from_params(sft_dataset(tiny_model), broken, two_processes, progress=False)
+        sft.train_from_params(sft_rows, broken, two_processes, progress=False)
     assert all(torch.equal(t, weights(result.output_dir)[n]) for n, t in good.items())
     assert not list(result.output_dir.parent.glob(".sft.*"))  # no staging folder left behind
 
 
 def test_two_process_grpo_step_gathers_both_shares_and_agrees(
-        tiny_model, two_processes, reports, tmp_path, monkeypatch) -> None:
+        tiny_model, worked_traces, two_processes, reports, tmp_path, monkeypatch) -> None:
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(CHARS_REWARD)
     monkeypatch.setenv("PYTHONPATH", str(site))
-    rows = [{"problem": q, "answer": a, "id": f"q{i}"} for i, (q, _, a) in enumerate(QUESTIONS)]
+    rows = [{"problem": e.problem, "answer": e.answer, "id": f"q{e.id}"} for e in worked_traces]
     # 2 prompts x 2 completions per step over 2 processes: one prompt's group on each.
     cfg = RlParams(init_model=str(tiny_model), output_dir=str(tmp_path / "rl"), template="none", max_steps=1,
                    num_generations=2, prompts_per_step=2, max_completion_length=8, learning_rate=1e-3,
@@ -232,10 +203,11 @@ def test_two_process_grpo_step_gathers_both_shares_and_agrees(
     result = rl.train_run(cfg, "dr_grpo", two_processes, rows=rows)
     assert result.global_step == 1 and result.resumed_from is None
     assert_agreed_and_trained(reports[-1], tiny_model, result.final_dir)
-    assert json.loads((result.final_dir / "r1repro_run.json").read_text())["loss_type"] == "dr_grpo"
+    assert json.loads((result.final_dir / resumable.FINAL_RECORD).read_text())["loss_type"] == "dr_grpo"
     # The diagnostics row holds both processes' completions: both prompts, 4 completions, written once.
     (row,) = result.diagnostics
     assert row["step"] == 1 and len(row["question_ids"]) == 2
     assert row["reward"] == pytest.approx(row["trl_reward"], abs=1e-5)  # TRL's gathered mean agrees
-    assert len(rl.read_rows(result.run_dir / rl.COMPLETIONS_FILE)) == 2  # the first group, once
-    assert json.loads((result.run_dir / rl.RUN_CONFIG_FILE).read_text())["launch"]["num_processes"] == 2
+    assert len(read_rows(result.run_dir / COMPLETIONS_FILE)) == 2  # the first group, once
+    record = json.loads((result.run_dir / rl.CHECKPOINTS / resumable.RUN_RECORD).read_text())
+    assert record["launch"]["num_processes"] == 2

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from r1repro import evaluation, io, prompt_filter, rl
+from r1repro import evaluation, io, prompt_filter, resumable, rl
 from r1repro.config import CommonParams, ConfigError, PromptFilterParams, RlParams, SamplingParams
 
 ROWS = [{"id": f"q{i}", "problem": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(12)]
@@ -186,18 +186,24 @@ def test_source_digest_depends_on_the_named_modules():
     assert io.source_digest("rl") != io.source_digest("rewards")
 
 
-def test_rl_checkpoints_of_another_starting_model_are_not_resumed(tmp_path, caplog):
+def test_rl_checkpoints_of_other_prompts_or_another_starting_model_are_not_resumed(fake_checkpoint, tmp_path,
+                                                                                  caplog):
     cfg = RlParams(init_model=str(_fake_model(tmp_path / "sft")))
     common = CommonParams()
-    run_dir = tmp_path / "grpo"
-    rl.start_run_dir(run_dir, rl.run_fingerprint(cfg, "grpo", common, ROWS))
-    (run_dir / rl.CHECKPOINTS / "checkpoint-2").mkdir(parents=True)
-    rl.start_run_dir(run_dir, rl.run_fingerprint(cfg, "grpo", common, ROWS))  # same: kept
-    assert (run_dir / rl.CHECKPOINTS).exists()
-    rl.start_run_dir(run_dir, rl.run_fingerprint(cfg, "grpo", common, ROWS[:6]))  # other prompts
-    assert not (run_dir / rl.CHECKPOINTS).exists()
-    (run_dir / rl.CHECKPOINTS / "checkpoint-2").mkdir(parents=True)
+    files = rl.run_files(tmp_path / "grpo")
+    checkpoint = files.checkpoint_dir / "checkpoint-2"
+
+    def start(rows):
+        resumable.resume_point(files, rl.run_fingerprint(cfg, "grpo", common, rows), "rl grpo")
+
+    start(ROWS)
+    fake_checkpoint(files.checkpoint_dir, 2, 2)
+    start(ROWS)  # same: kept
+    assert checkpoint.exists()
+    start(ROWS[:6])  # other prompts
+    assert not checkpoint.exists()
+    fake_checkpoint(files.checkpoint_dir, 2, 2)
     _fake_model(tmp_path / "sft", b"retrained")
-    with caplog.at_level(logging.WARNING, logger="r1repro.rl"):
-        rl.start_run_dir(run_dir, rl.run_fingerprint(cfg, "grpo", common, ROWS[:6]))
-    assert "init_weights" in caplog.text and not (run_dir / rl.CHECKPOINTS).exists()
+    with caplog.at_level(logging.WARNING, logger="r1repro.resumable"):
+        start(ROWS[:6])
+    assert "init_weights" in caplog.text and not checkpoint.exists()

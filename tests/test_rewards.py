@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import pickle
 import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -28,7 +27,6 @@ from r1repro.rewards import (
 )
 from r1repro.templates import render_prompt
 
-BASE = Path(__file__).resolve().parents[1] / "models" / "base"
 R1_PROMPT = render_prompt("r1", "What is 63/400 as a fraction?")
 
 WEIRD = [None, "", "\x00\x00<think>\x00", "<answer></answer>" * 3, "x" * 1_000_000, 12, ["not", "messages"]]
@@ -218,20 +216,13 @@ def test_combined_reward():
 
 
 @pytest.fixture(scope="module")
-def grpo_trainer():
-    """A GRPOTrainer on a tiny random-weight Llama with the embedded tokenizer (no generation)."""
-    if not (BASE / "tokenizer.json").is_file():
-        pytest.skip(f"embedded model missing at {BASE}: run the import_model stage")
+def grpo_trainer(tiny_model):
+    """A GRPOTrainer on the tiny random-weight Llama of tests/conftest.py (no generation)."""
     from datasets import Dataset
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(BASE))
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
-    )  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
     rows = [
         {"prompt": R1_PROMPT, "answer": "\\frac{63}{400}", "level": "Level 3"},
         {"prompt": render_prompt("r1", "What is 2+2?"), "answer": "4", "level": "Level 1"},
@@ -242,8 +233,8 @@ def grpo_trainer():
         max_completion_length=8, report_to="none", use_cpu=True, reward_weights=weights,
     )  # fmt: skip
     trainer = GRPOTrainer(
-        model=LlamaForCausalLM(config), processing_class=tokenizer, reward_funcs=funcs, args=args,
-        train_dataset=Dataset.from_list(rows),
+        model=LlamaForCausalLM.from_pretrained(tiny_model), processing_class=tokenizer, reward_funcs=funcs,
+        args=args, train_dataset=Dataset.from_list(rows),
     )  # fmt: skip
     return trainer, rows
 

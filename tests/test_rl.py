@@ -20,9 +20,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from r1repro import rl
+from r1repro import resumable, rl
 from r1repro.config import BenchmarkSubset, CommonParams, ConfigError, RlParams, SamplingParams
 from r1repro.data import load_subset
+from r1repro.rl_diagnostics import COMPLETIONS_FILE, DIAGNOSTICS_FILE, Diagnostics, load_diagnostics, read_rows
+from r1repro.rl_heldout import HeldoutEval
 
 pytestmark = pytest.mark.filterwarnings(  # raised inside TRL 1.16 on transformers 5, not by us
     "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -44,22 +46,6 @@ def chars_registered(monkeypatch):
     from r1repro import rewards
 
     monkeypatch.setitem(rewards.REWARDS, "chars", chars_reward)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory, base_model_dir: Path) -> Path:
-    """models/base's config scaled down to 2 layers x hidden 32, random weights, its tokenizer."""
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig, LlamaForCausalLM
-
-    config = AutoConfig.from_pretrained(base_model_dir)
-    config.update({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                   "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8})
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(base_model_dir).save_pretrained(folder)
-    GenerationConfig.from_pretrained(base_model_dir).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +112,9 @@ def test_periodic_heldout_answers_the_first_eval_limit_questions(limit, answered
     rows = load_subset(data_dir, subset)
     cfg = RlParams(eval_steps=2, heldout=subset, eval_limit=limit)
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    diagnostics = rl.Diagnostics("grpo", tmp_path, {"accuracy": 1.0}, 8, [0])
+    diagnostics = Diagnostics("grpo", tmp_path, {"accuracy": 1.0}, 8, [0])
     callbacks = rl._callbacks(cfg, common, tokenizer, diagnostics, rows)
-    assert [type(c) for c in callbacks] == [rl.Diagnostics, rl.HeldoutEval]
+    assert [type(c) for c in callbacks] == [Diagnostics, HeldoutEval]
     assert callbacks[1].golds == [str(r["answer"]) for r in rows[:answered]]
     with pytest.raises(ValueError, match="eval_limit"):
         RlParams(eval_limit=0)
@@ -167,99 +153,24 @@ def test_build_dataset_renders_prompts_in_the_seeded_order(base_model_dir):
     assert data["prompt"][0].endswith("<think>")
 
 
-# --- diagnostics ----------------------------------------------------------------------------------
+# --- which checkpoints a run resumes ------------------------------------------------------------
 
 
-def _rollouts() -> rl.Rollouts:
-    """Two groups of 3: group a mixed, group b all equal."""
-    return rl.Rollouts(
-        question_ids=["a"] * 3 + ["b"] * 3, completions=["x"] * 6,
-        lengths=[4, 10, 8, 8, 8, 8], truncated=[False, False, True, True, True, True],
-        rewards={"accuracy": [1.0, 0.0, 1.0, 0.0, 0.0, 0.0], "format": [1.0, 0.0, 0.0, 1.0, 1.0, 1.0]},
-    )
-
-
-def test_step_row_lengths_truncation_and_zero_std_groups():
-    row = rl.step_row(3, _rollouts(), {"accuracy": 1.0, "format": 0.5}, num_generations=3)
-    assert row["step"] == 3 and row["question_ids"] == ["a", "b"]
-    assert row["reward"] == pytest.approx((1.5 + 0 + 1 + 0.5 * 3) / 6)
-    assert row["reward_accuracy"] == pytest.approx(2 / 6) == row["accuracy"]
-    assert row["reward_format"] == pytest.approx(4 / 6)
-    assert row["mean_length"] == pytest.approx(46 / 6)
-    assert row["mean_length_correct"] == 6.0 and row["mean_length_incorrect"] == pytest.approx(34 / 4)
-    assert row["truncated_share"] == pytest.approx(4 / 6)
-    assert row["zero_std_share"] == 0.5 and row["all_rewards_zero"] is False
-
-
-def test_step_row_without_correct_answers_and_warnings(caplog):
-    rollouts = _rollouts()
-    rollouts.rewards = {"accuracy": [0.0] * 6, "format": [0.0] * 6}
-    row = rl.step_row(1, rollouts, {"accuracy": 1.0, "format": 0.5}, num_generations=3)
-    assert row["mean_length_correct"] is None and row["accuracy"] == 0.0
-    assert row["all_rewards_zero"] is True and row["zero_std_share"] == 1.0
-    with caplog.at_level(logging.WARNING, logger="r1repro.rl"):
-        rl.warn_if_no_signal(row, "grpo")
-        rl.warn_if_no_signal({**row, "all_rewards_zero": False, "zero_std_share": 0.75}, "dr_grpo")
-        rl.warn_if_no_signal({**row, "all_rewards_zero": False, "zero_std_share": 0.5}, "dr_grpo")
-    messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 2
-    assert "every reward is 0" in messages[0] and "75% of groups have zero reward std" in messages[1]
-
-
-def test_read_rows_drops_a_torn_last_line(tmp_path):
-    path = tmp_path / "d.jsonl"
-    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "rew', encoding="utf-8")
-    assert rl.read_rows(path) == [{"step": 1}, {"step": 2}]
-    assert rl.read_rows(tmp_path / "missing.jsonl") == []
-
-
-# --- checkpoints ----------------------------------------------------------------------------------
-
-
-def _fake_checkpoint(folder: Path, step: int, state_step: int | None = None, files=("model.safetensors",
-                     "optimizer.pt", "scheduler.pt"), state_text: str | None = None) -> Path:
-    path = folder / f"checkpoint-{step}"
-    path.mkdir(parents=True)
-    for name in files:
-        (path / name).write_bytes(b"x")
-    if state_text is None and state_step is not None:
-        state_text = json.dumps({"global_step": state_step})
-    if state_text is not None:
-        (path / "trainer_state.json").write_text(state_text, encoding="utf-8")
-    return path
-
-
-def test_last_complete_checkpoint_skips_and_discards_partial_saves(tmp_path):
-    good = _fake_checkpoint(tmp_path, 4, 4)
-    _fake_checkpoint(tmp_path, 12, 12)
-    _fake_checkpoint(tmp_path, 8, 8)
-    _fake_checkpoint(tmp_path, 16)  # killed before trainer_state.json
-    _fake_checkpoint(tmp_path, 20, state_text='{"global_st')  # killed while writing it
-    _fake_checkpoint(tmp_path, 24, 24, files=("model.safetensors",))  # no optimizer state
-    _fake_checkpoint(tmp_path, 28, 3)  # a state that is not this folder's
-    (tmp_path / "checkpoint-x").mkdir()
-    assert rl.last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-12"
-    assert rl.is_complete_checkpoint(good) and not rl.is_complete_checkpoint(tmp_path / "checkpoint-16")
-    assert rl.last_complete_checkpoint(tmp_path, discard_incomplete=True) == tmp_path / "checkpoint-12"
-    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == \
-        ["checkpoint-12", "checkpoint-4", "checkpoint-8", "checkpoint-x"]
-    assert rl.last_complete_checkpoint(tmp_path / "none") is None
-
-
-def test_start_run_dir_discards_checkpoints_of_other_settings(tmp_path, caplog):
+def test_checkpoints_of_other_settings_are_discarded_with_their_logs(fake_checkpoint, tmp_path, caplog):
     cfg, common = RlParams(), CommonParams()
     run_dir = tmp_path / "grpo"
-    rl.start_run_dir(run_dir, rl.run_fingerprint(cfg, "grpo", common))
-    _fake_checkpoint(run_dir / rl.CHECKPOINTS, 2, 2)
-    (run_dir / rl.DIAGNOSTICS_FILE).write_text('{"step": 1}\n')
+    files = rl.run_files(run_dir)
+    resumable.resume_point(files, rl.run_fingerprint(cfg, "grpo", common), "rl grpo")
+    fake_checkpoint(files.checkpoint_dir, 2, 2)
+    (run_dir / DIAGNOSTICS_FILE).write_text('{"step": 1}\n')
     longer = cfg.model_copy(update={"max_steps": 50, "save_steps": 10})
-    rl.start_run_dir(run_dir, rl.run_fingerprint(longer, "grpo", common))  # more steps: keep
-    assert rl.last_complete_checkpoint(run_dir / rl.CHECKPOINTS) is not None
+    resume = resumable.resume_point(files, rl.run_fingerprint(longer, "grpo", common), "rl grpo")
+    assert resume == files.checkpoint_dir / "checkpoint-2"  # more steps: the same run, continued
     other = cfg.model_copy(update={"learning_rate": 1e-5})
-    with caplog.at_level(logging.WARNING, logger="r1repro.rl"):
-        rl.start_run_dir(run_dir, rl.run_fingerprint(other, "grpo", common))
+    with caplog.at_level(logging.WARNING, logger="r1repro.resumable"):
+        assert resumable.resume_point(files, rl.run_fingerprint(other, "grpo", common), "rl grpo") is None
     assert "learning_rate" in caplog.text
-    assert not (run_dir / rl.CHECKPOINTS).exists() and not (run_dir / rl.DIAGNOSTICS_FILE).exists()
+    assert not list(files.checkpoint_dir.glob("checkpoint-*")) and not (run_dir / DIAGNOSTICS_FILE).exists()
 
 
 # --- TRL's loss and advantages on hand-made inputs ------------------------------------------------
@@ -380,12 +291,12 @@ def test_two_steps_each_algorithm_train_and_record_paired_diagnostics(tiny_model
         unchanged = [name for name, tensor in before.items() if torch.equal(tensor, after[name])]
         assert not unchanged, f"{run}: parameters not updated: {unchanged}"
         assert (result.global_step, result.resumed_from) == (2, None)
-        meta = json.loads((result.final_dir / "r1repro_run.json").read_text())
+        meta = json.loads((result.final_dir / resumable.FINAL_RECORD).read_text())
         assert (meta["loss_type"], meta["scale_rewards"]) == ALGORITHMS[run]
         assert (result.final_dir / "tokenizer.json").is_file()
         rows = result.diagnostics
         assert [r["step"] for r in rows] == [0, 1, 2]
-        assert rl.load_diagnostics(result.run_dir) == rows
+        assert load_diagnostics(result.run_dir) == rows
         assert {"heldout_accuracy", "heldout_truncated_share"} <= rows[0].keys() <= {
             "step", "heldout_accuracy", "heldout_mean_length", "heldout_truncated_share"}
         assert "heldout_accuracy" in rows[2] and "heldout_accuracy" not in rows[1]
@@ -399,7 +310,7 @@ def test_two_steps_each_algorithm_train_and_record_paired_diagnostics(tiny_model
             assert row["step_time_s"] > 0 and row["loss"] is not None
             assert (row["grad_norm"] > 0) == (row["zero_std_share"] < 1)  # no signal, no gradient
             assert {"reward_chars", "reward_accuracy", "reward_format", "accuracy"} <= row.keys()
-        completions = rl.read_rows(result.run_dir / rl.COMPLETIONS_FILE)
+        completions = read_rows(result.run_dir / COMPLETIONS_FILE)
         assert [c["step"] for c in completions] == [1] * 4 + [2] * 4
         live = result.live_dir / "plots" / "metrics"
         assert len((live / "reward.tsv").read_text().splitlines()) == 3  # header + 2 steps
@@ -428,7 +339,7 @@ def test_lora_run_trains_adapters_only_and_saves_a_merged_plain_model(dtype, tin
     # Only the adapted projections move (LoRA's update B @ A merged into them); nothing else does.
     assert changed and all(name.endswith(("q_proj.weight", "v_proj.weight")) for name in changed), changed
     assert {n for n in before if n.endswith("q_proj.weight")} <= changed
-    checkpoint = rl.last_complete_checkpoint(result.run_dir / rl.CHECKPOINTS)
+    checkpoint = resumable.last_complete_checkpoint(result.run_dir / rl.CHECKPOINTS)
     assert (checkpoint / "adapter_model.safetensors").is_file()  # resumable: adapters and optimizer
 
 
@@ -500,26 +411,28 @@ def test_rerun_resumes_at_step_3_with_optimizer_state(tiny_model, common, tmp_pa
 
 
 @pytest.mark.usefixtures("chars_registered")
+def test_a_checkpoint_missing_its_optimizer_state_is_refused(tiny_model, common, tmp_path, caplog):
+    cfg = tiny_params(tiny_model, tmp_path / "rl", max_steps=1, **QUICK)
+    first = rl.train_run(cfg, "dr_grpo", common)
+    checkpoint = first.run_dir / rl.CHECKPOINTS / "checkpoint-1"
+    (checkpoint / "optimizer.pt").unlink()  # as a kill between two files of the save leaves it
+    with caplog.at_level(logging.WARNING, logger="r1repro.resumable"):
+        second = rl.train_run(cfg.model_copy(update={"max_steps": 2}), "dr_grpo", common)
+    assert (second.resumed_from, second.global_step) == (None, 2)  # from step 0, not the torn checkpoint
+    assert "removing incomplete checkpoint" in caplog.text
+    assert [r["step"] for r in second.diagnostics] == [1, 2]  # the discarded run's rows went with it
+    assert resumable.is_complete_checkpoint(first.run_dir / rl.CHECKPOINTS / "checkpoint-2")
+
+
+@pytest.mark.usefixtures("chars_registered")
 def test_a_crashed_run_keeps_the_last_good_final_model(tiny_model, common, tmp_path):
     cfg = tiny_params(tiny_model, tmp_path / "rl", max_steps=1, **QUICK)
     good = rl.train_run(cfg, "grpo", common)
     saved = _weights(good.final_dir)
     with pytest.raises(RuntimeError, match="crash at step 2"):
         rl.train_run(cfg.model_copy(update={"max_steps": 3}), "grpo", common, callbacks=[_StopAt(2)])
-    assert json.loads((good.final_dir / "r1repro_run.json").read_text())["global_step"] == 1
+    assert json.loads((good.final_dir / resumable.FINAL_RECORD).read_text())["global_step"] == 1
     assert all(torch.equal(t, _weights(good.final_dir)[n]) for n, t in saved.items())
     assert not list(good.final_dir.parent.glob(".final.*"))  # no staging folder left behind
     # The crash came before checkpoint 2 was written; checkpoint 1 is still the one to resume from.
-    assert rl.last_complete_checkpoint(good.run_dir / rl.CHECKPOINTS).name == "checkpoint-1"
-
-
-def test_heldout_frame_keeps_only_evaluated_steps() -> None:
-    from types import SimpleNamespace
-
-    diag = [{"step": 0, "heldout_accuracy": 0.25}, {"step": 1, "reward": 0.5},
-            {"step": 2, "reward": 0.4, "heldout_accuracy": 0.5}]
-    frame = rl.heldout_frame([SimpleNamespace(run="grpo", diagnostics=diag),
-                              SimpleNamespace(run="dr_grpo", diagnostics=diag[:2])])
-    assert frame.to_dict("records") == [{"run": "grpo", "step": 0, "heldout_accuracy": 0.25},
-                                        {"run": "grpo", "step": 2, "heldout_accuracy": 0.5},
-                                        {"run": "dr_grpo", "step": 0, "heldout_accuracy": 0.25}]
+    assert resumable.last_complete_checkpoint(good.run_dir / rl.CHECKPOINTS).name == "checkpoint-1"

@@ -76,17 +76,6 @@ def test_fallback_warning_is_one_line_naming_the_param_and_the_cause(caplog):
                                "reason": choice.reason, "fallback": True}
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory, base_model_dir) -> Path:
-    """A toy Qwen2 (r1repro.bench.TINY, random weights) around the embedded model's tokenizer."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    arch = {**bench.architecture(tiny=True), "vocab_size": len(tokenizer)}
-    return bench.save_random_model(tmp_path_factory.mktemp("tiny") / "model", arch, dtype="float32",
-                                   tokenizer=tokenizer)
-
-
 def tiny_params(model: Path, out: Path) -> RlParams:
     return RlParams(init_model=str(model), output_dir=str(out), template="r1", max_steps=1,
                     num_generations=2, prompts_per_step=2, max_completion_length=4, save_steps=1,
@@ -102,9 +91,9 @@ def test_grpo_config_maps_continuous_batching(tmp_path):
     assert args.use_transformers_continuous_batching is False and args.use_vllm is True
 
 
-def test_rl_run_on_cpu_with_vllm_backend_falls_back_and_records_why(tiny_folder, tmp_path, caplog):
+def test_rl_run_on_cpu_with_vllm_backend_falls_back_and_records_why(tiny_model, tmp_path, caplog):
     common = CommonParams(backend="vllm", device="cpu", seed=3)
-    cfg = tiny_params(tiny_folder, tmp_path / "rl")
+    cfg = tiny_params(tiny_model, tmp_path / "rl")
     with caplog.at_level(logging.WARNING):
         result = rl.train_run(cfg, "dr_grpo", common, rows=ROWS)
     assert result.global_step == 1
@@ -114,9 +103,9 @@ def test_rl_run_on_cpu_with_vllm_backend_falls_back_and_records_why(tiny_folder,
     assert len(fallbacks) == 1  # decided once, before the trainer is built
 
 
-def test_make_trainer_turns_vllm_off_when_it_cannot_run(tiny_folder, tmp_path):
+def test_make_trainer_turns_vllm_off_when_it_cannot_run(tiny_model, tmp_path):
     common = CommonParams(backend="vllm", device="cpu")
-    trainer, _ = rl.make_trainer(tiny_params(tiny_folder, tmp_path / "rl"), "grpo", common, rows=ROWS)
+    trainer, _ = rl.make_trainer(tiny_params(tiny_model, tmp_path / "rl"), "grpo", common, rows=ROWS)
     assert trainer.args.use_vllm is False and trainer.use_vllm is False
 
 

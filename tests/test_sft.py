@@ -1,8 +1,9 @@
 """Tests for r1repro.sft on a tiny random-weight Llama with the real SmolLM2 tokenizer.
 
 Checked: the collated labels mask the prompt, a few steps change every parameter, LoRA is merged
-into a plain saved model, training resumes from the last checkpoint at its step, a failed run leaves
-the previous final model untouched, and the loss is logged with DVCLive.
+into a plain saved model, training resumes from the last checkpoint at its step (and refuses one
+missing its optimizer state), a failed run leaves the previous final model untouched, and the loss is
+logged with DVCLive. The model and the examples come from tests/conftest.py.
 
     pytest tests/test_sft.py -q
 """
@@ -17,45 +18,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM, TrainerCallback
 
-from r1repro import sft
+from r1repro import resumable, sft
 from r1repro.config import CommonParams, LoraParams, SftParams
 from r1repro.modeling import load_tokenizer
-from r1repro.templates import render_training_example
 
 BASE = Path(__file__).resolve().parents[1] / "models" / "base"
 pytestmark = pytest.mark.skipif(not (BASE / "config.json").is_file(), reason="models/base missing")
 
-QUESTIONS = [("Tom has 3 apples and buys 4 more. How many apples?", "3 + 4 = 7", "7"),
-             ("A box holds 12 pens. 5 are taken. How many are left?", "12 - 5 = 7", "7"),
-             ("Each bag has 6 eggs. How many eggs are in 2 bags?", "6 * 2 = 12", "12"),
-             ("Split 20 sweets among 4 kids. How many each?", "20 / 4 = 5", "5")]
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    return load_tokenizer(str(tiny_model))
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(str(BASE))
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, tokenizer) -> Path:
-    """A 2-layer, hidden-size-32 Llama with random weights and the real tokenizer, saved to disk."""
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
-    folder = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def dataset(tokenizer) -> list[dict]:
-    return [render_training_example("r1_chat", q, f"<think>\n{work}.\n</think>\n<answer>\\boxed{{{a}}}</answer>",
-                                     tokenizer) for q, work, a in QUESTIONS]
+def dataset(sft_rows) -> list[dict]:
+    return sft_rows
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -113,20 +93,6 @@ def test_collated_labels_mask_the_prompt(tiny_model, dataset, tokenizer, tmp_pat
         assert tokenizer.decode(ids[:prompt_len]) == row["prompt"]
 
 
-def test_resume_point_only_continues_the_same_run(tmp_path):
-    folder = tmp_path / "ck"
-    assert sft.resume_point(folder, {"run": "a"}) is None
-    for step, complete in ((2, True), (3, True), (4, False)):  # checkpoint-4 was cut mid-save
-        (folder / f"checkpoint-{step}").mkdir()
-        if complete:
-            (folder / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    assert sft.last_checkpoint(folder) == folder / "checkpoint-3"
-    assert sft.resume_point(folder, {"run": "a"}) == folder / "checkpoint-3"
-    assert sft.resume_point(folder, {"run": "b"}) is None  # other settings: start over
-    assert not list(folder.glob("checkpoint-*"))
-    assert json.loads((folder / sft.FINGERPRINT_FILE).read_text()) == {"run": "b"}
-
-
 def test_settings_from_params():
     cfg = SftParams(learning_rate=3e-4, epochs=2.0, lr_scheduler="constant", save_steps=3,
                     lora=LoraParams(enabled=True, r=4))
@@ -174,7 +140,7 @@ def test_full_fine_tune_changes_every_parameter(tiny_model, dataset, tmp_path):
     assert result.examples == 4 and result.truncated == 0
     assert logged_steps(live) == [1, 2]
     assert json.loads((live / "metrics.json").read_text())["train"]["loss"] == pytest.approx(result.losses[-1][1])
-    assert (out / "tokenizer.json").is_file() and (out / sft.TRAINING_RECORD).is_file()
+    assert (out / "tokenizer.json").is_file() and (out / resumable.FINAL_RECORD).is_file()
     assert not (tmp_path / "sft-checkpoints").exists()  # removed once the final model is in place
 
 
@@ -204,7 +170,20 @@ def test_resume_continues_from_the_last_checkpoint(tiny_model, dataset, tmp_path
     assert (second.start_step, second.global_step) == (2, 4)
     assert recorder.steps == [3, 4] and [s for s, _ in second.losses] == [3, 4]
     assert logged_steps(live) == [1, 2, 3, 4]  # the curve continues, no step twice
-    assert json.loads((out / sft.TRAINING_RECORD).read_text())["global_step"] == 4
+    assert json.loads((out / resumable.FINAL_RECORD).read_text())["global_step"] == 4
+
+
+def test_a_checkpoint_missing_its_optimizer_state_is_refused_not_resumed(tiny_model, dataset, tmp_path, caplog):
+    out, checkpoints = tmp_path / "sft", tmp_path / "sft-checkpoints"
+    sft.train_sft(dataset, str(tiny_model), out, QUICK, device="cpu", keep_checkpoints=True, progress=False)
+    (checkpoints / "checkpoint-2" / "optimizer.pt").unlink()  # as a kill between two files leaves it
+    longer = dataclasses.replace(QUICK, max_steps=3)
+    with caplog.at_level(logging.WARNING, logger="r1repro.resumable"):
+        rerun = sft.train_sft(dataset, str(tiny_model), out, longer, device="cpu", keep_checkpoints=True,
+                              progress=False)
+    assert (rerun.start_step, rerun.global_step) == (0, 3)  # from step 0, not from the torn checkpoint
+    assert "removing incomplete checkpoint" in caplog.text and "checkpoint-2" in caplog.text
+    assert resumable.is_complete_checkpoint(checkpoints / "checkpoint-3")
 
 
 def test_crash_keeps_the_good_model_and_the_rerun_resumes(tiny_model, dataset, tmp_path):

@@ -22,25 +22,18 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from r1repro import distill, evaluation, templates
-from r1repro.cold_start import ColdStartExample
 from r1repro.config import (NOT_PRETRAINED_MARK, CommonParams, ConfigError, DistillParams, ScratchArchitecture,
                             StudentSpec, load_params, validate)
 from r1repro.modeling import load_tokenizer
 
 BASE = Path(__file__).resolve().parents[1] / "models" / "base"
 needs_base = pytest.mark.skipif(not (BASE / "config.json").is_file(), reason="models/base missing")
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "intermediate_size": 64}
-QUESTIONS = [("Tom has 3 apples and buys 4 more. How many apples?", "3 + 4 = 7", "7"),
-             ("A box holds 12 pens. 5 are taken. How many are left?", "12 - 5 = 7", "7"),
-             ("Each bag has 6 eggs. How many eggs are in 2 bags?", "6 * 2 = 12", "12"),
-             ("Split 20 sweets among 4 kids. How many each?", "20 / 4 = 5", "5")]
 
 
 @pytest.fixture(scope="module")
-def scratch(tmp_path_factory) -> Path:
-    """A tiny Qwen2 student built around SmolLM2's tokenizer, saved to disk."""
-    spec = StudentSpec(architecture="qwen2", config=TINY, tokenizer=str(BASE), note="random init")
+def scratch(tmp_path_factory, tiny_size) -> Path:
+    """A tiny Qwen2 student (tests/conftest.py's size) built around SmolLM2's tokenizer, saved to disk."""
+    spec = StudentSpec(architecture="qwen2", config=tiny_size, tokenizer=str(BASE), note="random init")
     return distill.build_scratch_student(spec, tmp_path_factory.mktemp("students") / "s", "r1_chat", seed=0)
 
 
@@ -85,22 +78,18 @@ def test_scratch_student_generation_stops_at_im_end(scratch: Path) -> None:
 
 
 @needs_base
-def test_scratch_student_is_seeded(scratch: Path, tmp_path: Path) -> None:
-    spec = StudentSpec(architecture="qwen2", config=TINY, tokenizer=str(BASE))
+def test_scratch_student_is_seeded(scratch: Path, tiny_size, tmp_path: Path) -> None:
+    spec = StudentSpec(architecture="qwen2", config=tiny_size, tokenizer=str(BASE))
     again = distill.build_scratch_student(spec, tmp_path / "again", "r1_chat", seed=0)
     a, b = (AutoModelForCausalLM.from_pretrained(p).state_dict() for p in (scratch, again))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _traces() -> list[ColdStartExample]:
-    return [ColdStartExample(str(i), q, a, f"<think>\n{work}.\n</think>\n<answer>\\boxed{{{a}}}</answer>",
-                             "teacher") for i, (q, work, a) in enumerate(QUESTIONS)]
-
-
 @needs_base
-def test_sft_steps_change_every_parameter_of_the_scratch_student(scratch: Path, tmp_path: Path) -> None:
+def test_sft_steps_change_every_parameter_of_the_scratch_student(scratch: Path, worked_traces,
+                                                                 tmp_path: Path) -> None:
     cfg = DistillParams(output_dir=str(tmp_path), epochs=1.0, batch_size=2, learning_rate=1e-2)
-    result = distill.train_student("qwen2_scratch_not_pretrained", str(scratch), _traces(), cfg,
+    result = distill.train_student("qwen2_scratch_not_pretrained", str(scratch), worked_traces, cfg,
                                    CommonParams(device="cpu"))
     before = dict(AutoModelForCausalLM.from_pretrained(scratch).named_parameters())
     after = dict(AutoModelForCausalLM.from_pretrained(result.output_dir).named_parameters())
@@ -110,7 +99,8 @@ def test_sft_steps_change_every_parameter_of_the_scratch_student(scratch: Path, 
 
 
 @needs_base
-def test_a_finished_student_is_reused_only_by_the_same_run(scratch: Path, tmp_path: Path) -> None:
+def test_a_finished_student_is_reused_only_by_the_same_run(scratch: Path, worked_traces, tiny_size,
+                                                           tmp_path: Path) -> None:
     """A rerun (after a kill) skips a student whose final model this very run wrote; other settings,
     or other starting weights under the same path, train it again."""
     start = tmp_path / "init"
@@ -118,20 +108,20 @@ def test_a_finished_student_is_reused_only_by_the_same_run(scratch: Path, tmp_pa
     cfg = DistillParams(output_dir=str(tmp_path / "out"), epochs=1.0, batch_size=2, learning_rate=1e-2,
                         save_steps=1)
     common = CommonParams(device="cpu")
-    first = distill.train_student("s_not_pretrained", str(start), _traces(), cfg, common)
+    first = distill.train_student("s_not_pretrained", str(start), worked_traces, cfg, common)
     weights = tmp_path / "out" / "s_not_pretrained" / "model.safetensors"
     written = weights.stat().st_mtime_ns
-    again = distill.train_student("s_not_pretrained", str(start), _traces(), cfg, common)
+    again = distill.train_student("s_not_pretrained", str(start), worked_traces, cfg, common)
     assert (first.reused, again.reused) == (False, True)
     assert again.global_step == again.start_step == first.global_step == 2 and again.train_loss == first.train_loss
     assert weights.stat().st_mtime_ns == written  # read back, not written again
     assert not (tmp_path / "out" / "s_not_pretrained-checkpoints").exists()
     changed = cfg.model_copy(update={"learning_rate": 5e-3})
-    assert not distill.train_student("s_not_pretrained", str(start), _traces(), changed, common).reused
-    assert distill.train_student("s_not_pretrained", str(start), _traces(), changed, common).reused
-    spec = StudentSpec(architecture="qwen2", config=TINY, tokenizer=str(BASE))
+    assert not distill.train_student("s_not_pretrained", str(start), worked_traces, changed, common).reused
+    assert distill.train_student("s_not_pretrained", str(start), worked_traces, changed, common).reused
+    spec = StudentSpec(architecture="qwen2", config=tiny_size, tokenizer=str(BASE))
     distill.build_scratch_student(spec, start, "r1_chat", seed=1)  # same path, other weights
-    assert not distill.train_student("s_not_pretrained", str(start), _traces(), changed, common).reused
+    assert not distill.train_student("s_not_pretrained", str(start), worked_traces, changed, common).reused
 
 
 def test_prepare_student_passes_pretrained_weights_through(tmp_path: Path) -> None:

@@ -4,9 +4,9 @@ DeepSeek-R1 (Sec. 2.4) distills its reasoning into small dense models by plain S
 of the big model's answers, kept only when correct and readable. Here the teacher (by default the
 best RL checkpoint of stage 3) answers training questions several times; a trace is kept when it
 finished on its own, is in the R1 format, is in one language, is judged correct and is new
-(`r1repro.cold_start.rejection_sample`, the same filter as the cold-start data). Each student is then
-fine-tuned on the kept traces with TRL's SFTTrainer (`r1repro.sft`), with the same prompt strings the
-evaluation uses.
+(`r1repro.rejection_sampling`, the same filter as the cold-start data). Each student is then
+fine-tuned on the kept traces with TRL's SFTTrainer (`r1repro.sft`, resumable through
+`r1repro.resumable`), with the same prompt strings the evaluation uses.
 
 Students come in two kinds (params `distill.students`): pretrained weights (`{init: models/base}`), or a
 model built from a config around a tokenizer (`{architecture: qwen2, config: {...}, tokenizer: ...}`).
@@ -27,11 +27,13 @@ from pathlib import Path
 from statistics import mean
 from typing import Any, Sequence
 
-from r1repro import cold_start, modeling
+from r1repro import modeling
 from r1repro.config import CommonParams, DistillParams, ScratchModelConfig, StudentSpec
 from r1repro.distributed import Launch
 from r1repro.io import atomic_write_json, staged_dir
+from r1repro.rejection_sampling import RejectionFilter, RejectionStats, rejection_sample
 from r1repro.sft import SftResult, TrainSettings, train_sft
+from r1repro.sft_examples import ColdStartExample, to_sft_dataset
 
 STUDENT_RECORD = "r1repro_student.json"
 
@@ -53,7 +55,7 @@ SCRATCH_BUILDERS = {"qwen2": _qwen2_config}
 
 
 def sample_traces(generator: Any, tokenizer: Any, rows: Sequence[dict], cfg: DistillParams,
-                  common: CommonParams) -> tuple[list[cold_start.ColdStartExample], cold_start.RejectionStats]:
+                  common: CommonParams) -> tuple[list[ColdStartExample], RejectionStats]:
     """Rejection sampling from the teacher with the bare question (no demonstrations).
 
     Args:
@@ -67,14 +69,13 @@ def sample_traces(generator: Any, tokenizer: Any, rows: Sequence[dict], cfg: Dis
         (kept traces, counts of where the samples went).
     """
     s = cfg.sampling
-    rule = cold_start.RejectionFilter.from_params(cfg.min_language, common)
-    return cold_start.rejection_sample(generator, rows, cfg.template, tokenizer, n=s.n,
-                                       temperature=s.temperature, top_p=s.top_p,
-                                       max_tokens=s.max_new_tokens, seed=common.seed,
-                                       per_question=cfg.per_question, rule=rule)
+    rule = RejectionFilter.from_params(cfg.min_language, common)
+    return rejection_sample(generator, rows, cfg.template, tokenizer, n=s.n, temperature=s.temperature,
+                            top_p=s.top_p, max_tokens=s.max_new_tokens, seed=common.seed,
+                            per_question=cfg.per_question, rule=rule)
 
 
-def trace_statistics(examples: Sequence[cold_start.ColdStartExample], stats: cold_start.RejectionStats,
+def trace_statistics(examples: Sequence[ColdStartExample], stats: RejectionStats,
                      tokenizer: Any) -> dict[str, float]:
     """Acceptance rate, questions covered and trace lengths (tokens), for metrics.json.
 
@@ -92,7 +93,7 @@ def trace_statistics(examples: Sequence[cold_start.ColdStartExample], stats: col
     }
 
 
-def train_student(label: str, student: str, examples: Sequence[cold_start.ColdStartExample],
+def train_student(label: str, student: str, examples: Sequence[ColdStartExample],
                   cfg: DistillParams, common: CommonParams, live_dir: Path | None = None) -> SftResult:
     """SFT one student on the traces; the model lands in `<cfg.output_dir>/<label>`.
 
@@ -118,7 +119,7 @@ def train_student(label: str, student: str, examples: Sequence[cold_start.ColdSt
         raise ValueError("distill: the teacher gave no accepted traces; raise distill.sampling.n or "
                          "distill.prompts.limit, or check the teacher (distill.teacher)")
     tokenizer = modeling.load_tokenizer(student, trust_remote_code=common.trust_remote_code)
-    dataset = cold_start.to_sft_dataset(examples, cfg.template, tokenizer)
+    dataset = to_sft_dataset(examples, cfg.template, tokenizer)
     settings = TrainSettings(epochs=cfg.epochs, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
                              max_length=cfg.max_length, lora=cfg.lora, seed=common.seed,
                              save_steps=cfg.save_steps, bf16=TrainSettings.mixed_precision(common))

@@ -22,15 +22,21 @@ on a GPU; transformers, with one warning, where vLLM cannot run); `RunResult.rol
     from r1repro import rl
     result = rl.train_run(cfg, "dr_grpo", common)   # cfg: RlParams, common: CommonParams
     result.diagnostics                              # one dict per step, also in diagnostics.jsonl
+    rl.late_means(rl.curves_frame([result]))        # the notebook's comparison (r1repro.rl_diagnostics)
+
+This module is the trainer glue: config, data order, the trainer and one run. Beside it:
+`r1repro.rl_diagnostics` (per-step diagnostics and the tables comparing runs), `r1repro.rl_heldout`
+(the periodic held-out check) and `r1repro.resumable` (fingerprint, checkpoints, resume, the staged
+final model, launching), which the SFT stage shares.
 
 One run's folder, `<rl.output_dir>/<run>/`:
 
-    checkpoints/checkpoint-N/   TRL checkpoints every save_steps; a rerun resumes from the last complete one
-    final/                      the trained model; replaced only by a run that finished
-    diagnostics.jsonl           per-step diagnostics (the record; dvclive is replayed from it)
-    completions.jsonl           the first group of completions of every step, for examples
-    dvclive/                    the same per-step metrics through dvclive (plots/metrics/*.tsv)
-    run_config.json             what the checkpoints were trained with; another config starts afresh
+    checkpoints/checkpoint-N/     TRL checkpoints every save_steps; a rerun resumes from the last complete one
+    checkpoints/r1repro_run.json  what they were trained with (`run_fingerprint`); another config starts afresh
+    final/                        the trained model and r1repro_training.json; replaced only by a finished run
+    diagnostics.jsonl             per-step diagnostics (the record; dvclive is replayed from it)
+    completions.jsonl             the first group of completions of every step, for examples
+    dvclive/                      the same per-step metrics through dvclive (plots/metrics/*.tsv)
 
 Several processes (`common.num_processes` > 1): each run trains under `accelerate launch`
 (`r1repro.distributed`); a step's prompts_per_step x num_generations completions are split evenly over
@@ -51,50 +57,34 @@ Notes on what TRL logs here (and so what the diagnostics hold):
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import math
 import random
-import shutil
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import pandas as pd
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from r1repro import grading, io
-from r1repro.config import CommonParams, ConfigError, RlParams, SamplingParams
+from r1repro import io, resumable
+from r1repro.config import CommonParams, ConfigError, RlParams
 from r1repro.data import load_subset
-from r1repro.distributed import Launch, launched_result, per_process
-from r1repro.io import atomic_write_json, staged_dir, write_jsonl
+from r1repro.distributed import Launch, per_process
 from r1repro.modeling import (bf16_mixed_precision, end_of_turn_id, load_model, load_tokenizer, lora_config,
-                              resolve_device, save_trained_model, training_weights_dtype)
+                              resolve_device, training_weights_dtype)
 from r1repro.rewards import reward_functions
+from r1repro.rl_diagnostics import COMPLETIONS_FILE, DIAGNOSTICS_FILE, Diagnostics, load_diagnostics
+# Re-exported: the rl notebook compares its runs with rl.curves_frame, rl.heldout_frame, rl.late_means.
+from r1repro.rl_diagnostics import curves_frame, heldout_frame, late_means  # noqa: F401
+from r1repro.rl_heldout import HeldoutEval
 from r1repro.rollout import RolloutChoice, announce, choose_rollout
-from r1repro.templates import prefill, render_prompt
-
-log = logging.getLogger(__name__)
+from r1repro.templates import render_prompt
 
 CHECKPOINTS, FINAL = "checkpoints", "final"
-DIAGNOSTICS_FILE, COMPLETIONS_FILE = "diagnostics.jsonl", "completions.jsonl"
-RUN_CONFIG_FILE = "run_config.json"
 # Always computed, at weight 0 when params leave them out: the diagnostics need them, and TRL logs a
 # zero-weight reward without letting it touch the advantages.
 MONITORED_REWARDS = ("accuracy", "format")
-ZERO_STD_WARN_SHARE = 0.5  # warn when more than this share of groups carries no signal
-# TRL log keys kept in the diagnostics rows, under our names. The trl_* ones repeat what we compute
-# ourselves, so a disagreement between the two shows up in a test.
-TRL_KEYS = {
-    "kl": "kl", "clip_ratio/region_mean": "clip_ratio", "clip_ratio/low_mean": "clip_ratio_low",
-    "clip_ratio/high_mean": "clip_ratio_high", "entropy": "entropy", "loss": "loss",
-    "grad_norm": "grad_norm", "learning_rate": "learning_rate", "reward": "trl_reward",
-    "frac_reward_zero_std": "trl_frac_reward_zero_std", "completions/mean_length": "trl_mean_length",
-    "completions/clipped_ratio": "trl_clipped_ratio",
-}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -233,457 +223,38 @@ def build_dataset(rows: Sequence[Mapping[str, Any]], template: str, tokenizer: A
 
 
 # ---------------------------------------------------------------------------------------------------
-# Diagnostics
+# What a run's checkpoints belong to
 # ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Rollouts:
-    """One step's completions as the reward functions saw them (each group contiguous, as TRL orders them).
-
-    Attributes:
-        question_ids: the `id` of each completion's question.
-        completions: completion texts (without the prompt's prefill).
-        lengths: generated tokens, the end-of-turn token included when there is one.
-        truncated: whether generation hit max_completion_length before the end-of-turn token.
-        rewards: {reward name: one score per completion}, unweighted.
-    """
-
-    question_ids: list[str]
-    completions: list[str]
-    lengths: list[int]
-    truncated: list[bool]
-    rewards: dict[str, list[float]] = field(default_factory=dict)
-
-    @classmethod
-    def joined(cls, parts: Sequence[Rollouts]) -> Rollouts:
-        """The processes' shares of one step, in rank order: the step's whole batch, groups contiguous."""
-        return cls(question_ids=[q for p in parts for q in p.question_ids],
-                   completions=[c for p in parts for c in p.completions],
-                   lengths=[n for p in parts for n in p.lengths],
-                   truncated=[t for p in parts for t in p.truncated],
-                   rewards={name: [r for p in parts for r in p.rewards[name]] for name in parts[0].rewards})
-
-
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def step_row(step: int, rollouts: Rollouts, weights: Mapping[str, float],
-             num_generations: int) -> dict[str, Any]:
-    """The diagnostics of one step, from its completions and rewards.
-
-    Args:
-        step: the optimiser step (TRL's global_step after the update).
-        rollouts: the step's completions; `rewards` must hold every name in `weights`, accuracy included.
-        weights: {reward name: weight}; the total reward is the weighted sum, as TRL computes it.
-        num_generations: group size.
-
-    Returns:
-        reward (total), reward_<name> (unweighted means), accuracy (share correct), mean_length,
-        mean_length_correct / _incorrect (None when there are none), truncated_share,
-        zero_std_share (groups whose total rewards are all equal), all_rewards_zero, question_ids.
-    """
-    totals = [sum(w * rollouts.rewards[name][i] for name, w in weights.items())
-              for i in range(len(rollouts.lengths))]
-    correct = [score >= 1.0 for score in rollouts.rewards["accuracy"]]
-    groups = [totals[k:k + num_generations] for k in range(0, len(totals), num_generations)]
-    return {
-        "step": step,
-        "reward": _mean(totals),
-        **{f"reward_{name}": _mean(rollouts.rewards[name]) for name in weights},
-        "accuracy": _mean([float(c) for c in correct]),
-        "mean_length": _mean(rollouts.lengths),
-        "mean_length_correct": _mean([n for n, c in zip(rollouts.lengths, correct) if c]),
-        "mean_length_incorrect": _mean([n for n, c in zip(rollouts.lengths, correct) if not c]),
-        "truncated_share": _mean([float(t) for t in rollouts.truncated]),
-        # Equal rewards in a group give every member advantage 0: no gradient from that prompt.
-        "zero_std_share": _mean([float(max(g) - min(g) <= 1e-6) for g in groups]),
-        "all_rewards_zero": all(t == 0 for t in totals),
-        "question_ids": list(dict.fromkeys(rollouts.question_ids)),
-    }
-
-
-def warn_if_no_signal(row: Mapping[str, Any], run: str) -> None:
-    """Log a warning when a step gave (almost) no learning signal.
-
-    Args:
-        row: a `step_row` result.
-        run: the run's name, for the message.
-    """
-    if row["all_rewards_zero"]:
-        log.warning("rl %s step %s: every reward is 0; advantages are 0 and this step teaches nothing "
-                    "(too hard a task, a broken reward, or a format the model never hits)", run, row["step"])
-    elif row["zero_std_share"] is not None and row["zero_std_share"] > ZERO_STD_WARN_SHARE:
-        log.warning("rl %s step %s: %.0f%% of groups have zero reward std: no learning signal from them",
-                    run, row["step"], 100 * row["zero_std_share"])
-
-
-def read_rows(path: Path | str) -> list[dict]:
-    """Rows of a JSONL file written by this module; a missing file is empty, a torn last line dropped."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash mid-append
-    return rows
-
-
-class _RecordedReward:
-    """A reward function that also hands its scores, and the batch it scored, to `Diagnostics`.
-
-    It keeps the wrapped function's name, so TRL's log keys (rewards/<name>/mean) do not change.
-    """
-
-    def __init__(self, func: Callable[..., list[float]], name: str, diagnostics: Diagnostics):
-        self.func, self.name, self.diagnostics = func, name, diagnostics
-        inner = getattr(func, "func", func)  # TRL names a functools.partial after what it wraps
-        self.__name__ = getattr(inner, "__name__", name)
-
-    def __call__(self, prompts: Any, completions: Any, completion_ids: Any = None,
-                 **kwargs: Any) -> list[float]:
-        scores = self.func(prompts=prompts, completions=completions, completion_ids=completion_ids,
-                           **kwargs)
-        self.diagnostics.record(self.name, scores, completions, completion_ids, kwargs.get("id"))
-        return scores
-
-
-class Diagnostics(TrainerCallback):
-    """Per-step diagnostics of one run: reward-function wrapper and trainer callback in one.
-
-    The wrapped reward functions capture each step's completions and scores; at TRL's log event for
-    that step (logging_steps=1) a `step_row` is completed with TRL's own metrics (KL, clip ratio,
-    loss, ...) and the step time, appended to diagnostics.jsonl and logged through dvclive. On a
-    resumed run, rows after the checkpoint's step are dropped first (they will be recomputed) and
-    the dvclive folder is rebuilt from the rows kept. With several processes each scores its share of
-    the completions; the shares are gathered at the log event and only the main process writes.
-
-    Args:
-        run: the run's name.
-        run_dir: where diagnostics.jsonl and completions.jsonl go.
-        weights: {reward name: weight} in TRL's order (see `monitored_weights`).
-        num_generations: group size.
-        stop_ids: token ids that end a response (end-of-turn and EOS).
-        live_dir: the dvclive folder (default run_dir/dvclive).
-    """
-
-    def __init__(self, run: str, run_dir: Path, weights: Mapping[str, float], num_generations: int,
-                 stop_ids: Sequence[int], live_dir: Path | None = None):
-        self.run, self.run_dir, self.weights = run, Path(run_dir), dict(weights)
-        self.num_generations, self.stop_ids = num_generations, set(stop_ids)
-        self.live_dir = Path(live_dir) if live_dir else self.run_dir / "dvclive"
-        self.rows: list[dict] = []
-        self.live: Any = None
-        self._pending: Rollouts | None = None
-        self._heldout: dict[int, dict] = {}
-        self._times = (0.0, 0.0)
-        self.writes = True  # False in launched processes other than the main one
-
-    @property
-    def path(self) -> Path:
-        return self.run_dir / DIAGNOSTICS_FILE
-
-    def wrap(self, funcs: Sequence[Callable[..., list[float]]]) -> list[Callable[..., list[float]]]:
-        """The reward functions (aligned with `weights`) wrapped so that their scores are recorded."""
-        return [_RecordedReward(f, name, self) for f, name in zip(funcs, self.weights, strict=True)]
-
-    def record(self, name: str, scores: Sequence[float], completions: Any, completion_ids: Any,
-               question_ids: Any) -> None:
-        """Store one reward function's scores; the first call of a step also stores the batch."""
-        if self._pending is None:
-            ids = [list(c) for c in completion_ids or [[] for _ in completions]]
-            self._pending = Rollouts(
-                question_ids=[str(q) for q in (question_ids or [""] * len(completions))],
-                completions=[c if isinstance(c, str) else str(c) for c in completions],
-                lengths=[len(c) for c in ids],
-                truncated=[not self.stop_ids.intersection(c) for c in ids],
-            )
-        self._pending.rewards[name] = [float(s) for s in scores]
-
-    def add_heldout(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Held-out metrics for `step`: merged into that step's row, or a row of their own at step 0."""
-        if not self.writes:
-            return
-        if step == 0:
-            self._emit({"step": 0, **metrics}, [])
-        else:
-            self._heldout[step] = dict(metrics)
-
-    # --- trainer events ----------------------------------------------------------------------------
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        from dvclive import Live
-
-        self.writes = state.is_world_process_zero
-        if not self.writes:
-            return
-        self.rows = self._keep_through(self.path, state.global_step)
-        self._keep_through(self.run_dir / COMPLETIONS_FILE, state.global_step)
-        # A fresh dvclive folder replayed from the kept rows: no duplicate points after a resume.
-        self.live = Live(dir=str(self.live_dir), resume=False, save_dvc_exp=False, dvcyaml=None)
-        for row in self.rows:
-            self._log_live(row)
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._times = (time.perf_counter(), 0.0)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self._times = (self._times[0], time.perf_counter())  # before any held-out evaluation runs
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self._pending is None:  # the end-of-training summary, not a step
-            return
-        rollouts, self._pending = self._pending, None
-        if args.world_size > 1:  # every process joins the gather; the main one gets the whole step
-            from accelerate.utils import gather_object
-
-            rollouts = Rollouts.joined(gather_object([rollouts]))
-        if not self.writes:
-            return
-        row = step_row(state.global_step, rollouts, self.weights, self.num_generations)
-        row |= {ours: (logs or {}).get(theirs) for theirs, ours in TRL_KEYS.items()}
-        row |= {"step_time_s": self._times[1] - self._times[0], **self._heldout.pop(state.global_step, {})}
-        warn_if_no_signal(row, self.run)
-        self._emit(row, self._example_group(state.global_step, rollouts))
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.live is not None:
-            self.live.end()
-
-    # --- helpers -----------------------------------------------------------------------------------
-
-    @staticmethod
-    def _keep_through(path: Path, step: int) -> list[dict]:
-        """Rewrite `path` keeping rows up to `step` (the checkpoint resumed from), and return them.
-
-        A fresh start (step 0) keeps nothing, not even an earlier attempt's step-0 evaluation.
-        """
-        rows = [r for r in read_rows(path) if step > 0 and r.get("step", 0) <= step]
-        if path.exists():
-            write_jsonl(path, rows)
-        return rows
-
-    def _example_group(self, step: int, rollouts: Rollouts) -> list[dict]:
-        """The step's first group of completions, with their scores, for showing examples."""
-        return [
-            {"step": step, "question_id": rollouts.question_ids[i], "sample": i,
-             "completion": rollouts.completions[i], "length": rollouts.lengths[i],
-             "truncated": rollouts.truncated[i],
-             **{f"reward_{name}": scores[i] for name, scores in rollouts.rewards.items()}}
-            for i in range(min(self.num_generations, len(rollouts.lengths)))
-        ]
-
-    def _emit(self, row: dict, examples: list[dict]) -> None:
-        self.rows.append(row)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        # Appended, not rewritten: a crash can tear only the last line, which read_rows drops.
-        for path, lines in ((self.path, [row]), (self.run_dir / COMPLETIONS_FILE, examples)):
-            with path.open("a", encoding="utf-8") as handle:
-                handle.writelines(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n"
-                                  for line in lines)
-        if self.live is not None:
-            self._log_live(row)
-
-    def _log_live(self, row: Mapping[str, Any]) -> None:
-        self.live.step = row["step"]
-        for key, value in row.items():
-            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool) \
-                    and math.isfinite(value):
-                self.live.log_metric(key, value)
-        self.live.make_summary()
-
-
-def load_diagnostics(run_dir: Path | str) -> list[dict]:
-    """The per-step diagnostics rows of a run folder (for tables and plots).
-
-    Args:
-        run_dir: `<rl.output_dir>/<run>`.
-
-    Returns:
-        One dict per step, in step order (step 0 holds only held-out metrics, when evaluated).
-    """
-    return read_rows(Path(run_dir) / DIAGNOSTICS_FILE)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Held-out evaluation
-# ---------------------------------------------------------------------------------------------------
-
-
-class HeldoutEval(TrainerCallback):
-    """Answer held-out prompts with the policy every `every` steps (and before step 1).
-
-    Uses the transformers generation backend on the model in memory; the metrics land in the
-    diagnostics row of that step as heldout_accuracy, heldout_mean_length, heldout_truncated_share.
-
-    Args:
-        rows: held-out question rows (`problem`, `answer`).
-        template: the prompt template.
-        tokenizer: the policy's tokenizer.
-        sampling: params `rl.eval_sampling` (temperature 0: greedy).
-        every: evaluate when global_step % every == 0.
-        diagnostics: where the metrics go.
-        seed: sampling seed.
-        timeout_s: grading time limit per response.
-        batch_size: sequences per generate call.
-    """
-
-    def __init__(self, rows: Sequence[Mapping[str, Any]], template: str, tokenizer: Any,
-                 sampling: SamplingParams, every: int, diagnostics: Diagnostics, *, seed: int,
-                 timeout_s: float = 5.0, batch_size: int = 16):
-        self.prompts = [render_prompt(template, r["problem"], tokenizer) for r in rows]
-        self.golds = [str(r["answer"]) for r in rows]
-        self.head = prefill(template)
-        self.tokenizer, self.sampling, self.every = tokenizer, sampling, every
-        self.diagnostics, self.seed = diagnostics, seed
-        self.timeout_s, self.batch_size = timeout_s, batch_size
-
-    def evaluate(self, model: Any, bf16: bool = False) -> dict[str, float]:
-        """Generate and grade; returns heldout_accuracy, heldout_mean_length, heldout_truncated_share.
-
-        bf16: decode under bfloat16 autocast (the training's `args.bf16`, as its rollouts do).
-        """
-        import torch
-
-        from r1repro.generation import load_generator
-
-        generator = load_generator("transformers", (model, self.tokenizer), batch_size=self.batch_size,
-                                   progress=False)
-        s = self.sampling
-        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
-            groups = generator.generate(self.prompts, n=s.n, temperature=s.temperature, top_p=s.top_p,
-                                        max_tokens=s.max_new_tokens, seed=self.seed)
-        pairs = [(c, gold) for group, gold in zip(groups, self.golds) for c in group]
-        return {
-            "heldout_accuracy": _mean([float(grading.is_correct(self.head + c.text, gold, self.timeout_s))
-                                       for c, gold in pairs]),
-            "heldout_mean_length": _mean([c.num_tokens for c, _ in pairs]),
-            "heldout_truncated_share": _mean([float(c.finish_reason == "length") for c, _ in pairs]),
-        }
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if state.global_step == 0:  # the starting policy, once; a resumed run has it already
-            self.diagnostics.add_heldout(0, self.evaluate(model, bf16=args.bf16))
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.every == 0:
-            self.diagnostics.add_heldout(state.global_step, self.evaluate(model, bf16=args.bf16))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------------
-
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
-                 "pytorch_model.bin")
-
-
-def checkpoint_step(path: Path) -> int | None:
-    """N for a folder named checkpoint-N, else None."""
-    prefix, _, number = path.name.partition("-")
-    return int(number) if prefix == "checkpoint" and number.isdigit() else None
-
-
-def is_complete_checkpoint(path: Path | str) -> bool:
-    """Whether a checkpoint folder was written to the end.
-
-    `Trainer._save_checkpoint` writes the weights, then optimizer and scheduler, and trainer_state.json
-    last, without a staging folder. So a folder counts as complete only if trainer_state.json parses
-    and names the folder's own step, and the weights, the optimizer state (optimizer.pt, or DeepSpeed's
-    global_stepN/*optim_states.pt) and scheduler.pt are there.
-
-    Args:
-        path: a `checkpoint-N` folder.
-
-    Returns:
-        True when training can resume from it.
-    """
-    path = Path(path)
-    try:
-        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (
-        state.get("global_step") == checkpoint_step(path)
-        and any((path / name).is_file() for name in _WEIGHT_FILES)
-        and ((path / "optimizer.pt").is_file() or any(path.glob("global_step*/*optim_states.pt")))
-        and (path / "scheduler.pt").is_file()
-    )
-
-
-def last_complete_checkpoint(folder: Path | str, discard_incomplete: bool = False) -> Path | None:
-    """The complete checkpoint with the highest step in `folder`, if any.
-
-    Args:
-        folder: the run's checkpoints folder.
-        discard_incomplete: delete incomplete checkpoint folders, so that the trainer neither mixes
-            their files into a new save nor counts them when it rotates old checkpoints away.
-
-    Returns:
-        The folder to resume from, or None.
-    """
-    folder = Path(folder)
-    found = sorted((p for p in folder.glob("checkpoint-*") if checkpoint_step(p) is not None),
-                   key=checkpoint_step)
-    complete = [p for p in found if is_complete_checkpoint(p)]
-    if discard_incomplete:
-        for path in set(found) - set(complete):
-            log.warning("rl: removing incomplete checkpoint %s (a save that did not finish)", path)
-            shutil.rmtree(path, ignore_errors=True)
-    return complete[-1] if complete else None
-
-
-# The modules whose code shapes a run's training; a change to any of them starts checkpoints afresh.
-TRAINING_MODULES = ("rl", "rewards", "grading", "templates", "modeling", "rollout")
 
 
 def run_fingerprint(cfg: RlParams, run: str, common: CommonParams,
-                    rows: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+                    rows: Sequence[Mapping[str, Any]] | None = None,
+                    launch: Launch | None = None) -> dict[str, Any]:
     """What a run's checkpoints depend on: resuming under anything else would mix two experiments.
 
     Steps, saving and held-out settings are left out: they may change between resumptions. The
-    process layout counts (data order and checkpoint format depend on it); it is added only when
-    several processes train, so single-process checkpoints made before it existed still resume.
-    The starting weights and the training code count too: a retrained cold-start model or a code
-    change must not resume (and, for a finished run, silently keep) the old run.
+    starting weights, the training code and, with several processes, their layout count too
+    (`r1repro.resumable.fingerprint`): a retrained cold-start model or a code change must not
+    resume (and, for a finished run, silently keep) the old run.
 
     Args:
         cfg, run, common: as for `train_run`.
         rows: the training rows when they are not simply `cfg.prompts` (e.g. a prompt filter's choice).
+        launch: `Launch.from_common(common)`, when several processes train.
     """
     shared = cfg.model_dump(mode="json", exclude={
         "runs", "max_steps", "save_steps", "heldout", "eval_steps", "eval_limit", "eval_sampling", "output_dir",
         "gradient_checkpointing"})
-    layout = {"launch": {"num_processes": common.num_processes,
-                         "accelerate_config": common.accelerate_config}} if common.num_processes > 1 else {}
     chosen = {"rows": io.text_digest(str(r.get("id", r["problem"])) for r in rows)} if rows is not None else {}
-    return {"run": run, **cfg.runs[run].model_dump(mode="json"), **shared,
-            "seed": common.seed, "dtype": common.dtype, **layout, **chosen,
-            "init_weights": io.weights_digest(cfg.init_model), "code": io.source_digest(*TRAINING_MODULES)}
+    settings = {"run": run, **cfg.runs[run].model_dump(mode="json"), **shared,
+                "seed": common.seed, "dtype": common.dtype, **chosen}
+    return resumable.fingerprint("rl", cfg.init_model, settings, launch)
 
 
-def start_run_dir(run_dir: Path, fingerprint: Mapping[str, Any]) -> None:
-    """Make the run folder; when its checkpoints came from another config, discard them and their logs.
-
-    Args:
-        run_dir: `<rl.output_dir>/<run>`.
-        fingerprint: `run_fingerprint(...)` of this call.
-    """
-    record = run_dir / RUN_CONFIG_FILE
-    previous = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
-    if previous is not None and previous != dict(fingerprint):
-        changed = sorted(k for k in {*previous, *fingerprint} if previous.get(k) != fingerprint.get(k))
-        log.warning("rl: %s was trained with other settings (%s); starting it afresh",
-                    run_dir, ", ".join(changed))
-        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
-        for name in (DIAGNOSTICS_FILE, COMPLETIONS_FILE):
-            (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(record, dict(fingerprint))
+def run_files(run_dir: Path) -> resumable.RunFiles:
+    """A run's checkpoints, final model, and the per-step logs that are discarded with its checkpoints."""
+    return resumable.RunFiles(run_dir / CHECKPOINTS, run_dir / FINAL,
+                              logs=(run_dir / DIAGNOSTICS_FILE, run_dir / COMPLETIONS_FILE))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -806,40 +377,6 @@ def make_trainer(cfg: RlParams, run: str, common: CommonParams, *,
     return trainer, diagnostics
 
 
-def write_final(trainer: GRPOTrainer, folder: Path, meta: Mapping[str, Any]) -> None:
-    """Write the trained model and `meta` into `folder` (in a launch, every process calls this).
-
-    Raises:
-        FloatingPointError: a weight is NaN or inf (nothing is written).
-    """
-    for name, param in trainer.model.named_parameters():
-        if not param.isfinite().all():
-            raise FloatingPointError(f"parameter {name} holds NaN or inf after training; "
-                                     "the previous final model is kept")
-    save_trained_model(trainer, folder)
-    if trainer.is_world_process_zero():
-        atomic_write_json(folder / "r1repro_run.json", dict(meta))
-
-
-def save_final(trainer: GRPOTrainer, target: Path, meta: Mapping[str, Any]) -> Path:
-    """Save the trained model into a staging folder, then rename it onto `target`.
-
-    A crash while saving leaves the previous final model in place; so does a model with non-finite
-    weights, which raises instead.
-
-    Args:
-        trainer: the trainer after `train()`.
-        target: `<run>/final`.
-        meta: written beside the model as r1repro_run.json (run, step, algorithm).
-
-    Returns:
-        `target`.
-    """
-    with staged_dir(target) as tmp:
-        write_final(trainer, tmp, meta)
-    return target
-
-
 @contextlib.contextmanager
 def compact_lm_head_scoring(enabled: bool = True) -> Iterator[None]:
     """Let TRL's fused LM head score only the completion tokens on CPU: faster, same numbers.
@@ -878,7 +415,8 @@ def train_run(cfg: RlParams, run: str, common: CommonParams, *,
     Checkpoints go to `<rl.output_dir>/<run>/checkpoints` every `cfg.save_steps` steps (and at the
     last step). A rerun resumes from the last complete one, step counter, optimiser and scheduler
     included; raising `cfg.max_steps` continues a finished run. Checkpoints made with other settings
-    (see `run_fingerprint`) are discarded. The model lands in `<run>/final` only if training ends.
+    (see `run_fingerprint`) are discarded with the diagnostics logged beside them. The model lands
+    in `<run>/final` only if training ends (`r1repro.resumable`).
 
     With `common.num_processes` > 1 the training runs under `accelerate launch` (see
     `r1repro.distributed`); this process still picks the checkpoint and replaces `<run>/final`.
@@ -894,97 +432,55 @@ def train_run(cfg: RlParams, run: str, common: CommonParams, *,
         LaunchError: the launched processes failed (`<run>/final` keeps its previous model).
     """
     run_dir = Path(cfg.output_dir) / run
-    start_run_dir(run_dir, run_fingerprint(cfg, run, common, rows))
-    resume = last_complete_checkpoint(run_dir / CHECKPOINTS, discard_incomplete=True)
-    if resume is not None:
-        log.info("rl %s: resuming from %s", run, resume)
-    resumed_from = checkpoint_step(resume) if resume else None
+    files, launch = run_files(run_dir), Launch.from_common(common)
+    record = run_fingerprint(cfg, run, common, rows, launch)
+    resume = resumable.resume_point(files, record, f"rl {run}")
     # Decided (and warned about) before any model is loaded, so a fallback shows at the top of the log.
     rollout = choose_rollout(common.backend, resolve_device(common.device))
     announce(rollout, run)
-    launch = Launch.from_common(common)
+    trained = resumable.run_training(
+        "rl", files.final_dir, launch,
+        here=lambda: _train(cfg, run, common, resume, record, rows=rows, heldout_rows=heldout_rows,
+                            callbacks=callbacks, live_dir=live_dir, rollout=rollout),
+        payload=lambda: {"cfg": cfg.model_dump(mode="json"), "run": run,
+                         "common": common.model_dump(mode="json"), "rows": rows, "heldout_rows": heldout_rows,
+                         "live_dir": str(live_dir) if live_dir else None,
+                         "resume": str(resume) if resume else None, "record": record},
+        lora=cfg.lora, lora_key="rl.lora.enabled", callbacks=callbacks)
     if launch is None:
-        trainer, diagnostics = _train(cfg, run, common, resume, rows=rows, heldout_rows=heldout_rows,
-                                      callbacks=callbacks, live_dir=live_dir, rollout=rollout)
-        step = trainer.state.global_step
-        final = save_final(trainer, run_dir / FINAL, _final_meta(cfg, run, step))
-        return RunResult(run=run, final_dir=final, diagnostics=list(diagnostics.rows), run_dir=run_dir,
-                         live_dir=diagnostics.live_dir, resumed_from=resumed_from, global_step=step,
-                         rollout=rollout.record())
-    launch.check(cfg.lora, callbacks, "rl.lora.enabled")
-    with staged_dir(run_dir / FINAL) as tmp:  # replaced only if every process finished
-        report = launch.run("rl", {
-            "cfg": cfg.model_dump(mode="json"), "run": run, "common": common.model_dump(mode="json"),
-            "rows": rows, "heldout_rows": heldout_rows, "live_dir": str(live_dir) if live_dir else None,
-            "resume": str(resume) if resume else None, "final_dir": str(tmp)})
-    return RunResult(run=run, final_dir=run_dir / FINAL, diagnostics=load_diagnostics(run_dir),
-                     run_dir=run_dir, live_dir=Path(live_dir) if live_dir else run_dir / "dvclive",
-                     resumed_from=resumed_from, global_step=report["global_step"], rollout=rollout.record())
+        diagnostics, live = list(trained.local.rows), trained.local.live_dir
+    else:  # the main process of the launch wrote them
+        diagnostics, live = load_diagnostics(run_dir), Path(live_dir) if live_dir else run_dir / "dvclive"
+    return RunResult(run=run, final_dir=files.final_dir, diagnostics=diagnostics, run_dir=run_dir,
+                     live_dir=live, resumed_from=resumable.checkpoint_step(resume) if resume else None,
+                     global_step=trained.fields["global_step"], rollout=rollout.record())
 
 
 def _train(cfg: RlParams, run: str, common: CommonParams, resume: Path | str | None,
-           **trainer_args: Any) -> tuple[GRPOTrainer, Diagnostics]:
-    """Make the trainer (`make_trainer` arguments) and train it, from `resume` when given."""
+           record: Mapping[str, Any], **trainer_args: Any) -> resumable.Trained:
+    """Make the trainer (`make_trainer` arguments) and train it, from `resume` when given.
+
+    Returns:
+        The trainer, the step reached, the final model's record (`record` and the step) and, as
+        `local`, the diagnostics callback.
+    """
     trainer, diagnostics = make_trainer(cfg, run, common, **trainer_args)
     with compact_lm_head_scoring(enabled=trainer.args.device.type == "cpu"):
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    return trainer, diagnostics
-
-
-def _final_meta(cfg: RlParams, run: str, step: int) -> dict[str, Any]:
-    """What r1repro_run.json beside a final model says: the run, its step and its algorithm."""
-    return {"run": run, "global_step": step, **cfg.runs[run].model_dump(mode="json")}
+    step = trainer.state.global_step
+    return resumable.Trained(trainer, fields={"global_step": step}, record={**record, "global_step": step},
+                             local=diagnostics)
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """One launched process's part of `train_run` (see `r1repro.distributed`): train, write the model
-    into the staging folder `job["final_dir"]`, and report (rank 0's report is the one kept)."""
+    into the staging folder `job["final_dir"]`, and report (`resumable.run_launched_job`)."""
+    return resumable.run_launched_job(job, _train_job)
+
+
+def _train_job(job: dict[str, Any]) -> resumable.Trained:
+    """`_train` with the JSON arguments of a launched job."""
     cfg, common = RlParams.model_validate(job["cfg"]), CommonParams.model_validate(job["common"])
-    trainer, _ = _train(cfg, job["run"], common, job["resume"], rows=job["rows"],
-                        heldout_rows=job["heldout_rows"],
-                        live_dir=Path(job["live_dir"]) if job["live_dir"] else None)
-    step = trainer.state.global_step
-    report = launched_result(trainer, global_step=step)
-    write_final(trainer, Path(job["final_dir"]), _final_meta(cfg, job["run"], step))
-    return report
-
-
-# ---------------------------------------------------------------------------------------------------
-# Comparing the runs (the notebook's tables and plots)
-# ---------------------------------------------------------------------------------------------------
-
-CURVES = ("reward", "accuracy", "mean_length", "mean_length_incorrect", "truncated_share", "zero_std_share")
-
-
-def curves_frame(results: Sequence[RunResult]) -> pd.DataFrame:
-    """Every run's per-step diagnostics in one tidy table (column `run`), training steps only."""
-    frames = [pd.DataFrame(r.diagnostics).assign(run=r.run) for r in results if r.diagnostics]
-    if not frames:
-        return pd.DataFrame(columns=["run", "step", *CURVES])
-    frame = pd.concat(frames, ignore_index=True)
-    frame = frame[frame["step"] > 0] if "step" in frame else frame
-    for column in CURVES:
-        if column not in frame:
-            frame[column] = float("nan")
-    return frame.reset_index(drop=True)
-
-
-def heldout_frame(results: Sequence[RunResult]) -> pd.DataFrame:
-    """Held-out accuracy over steps (rows of steps 0, eval_steps, 2 x eval_steps, ...), column `run`."""
-    rows = [{"run": r.run, "step": d["step"], "heldout_accuracy": d["heldout_accuracy"]}
-            for r in results for d in r.diagnostics if d.get("heldout_accuracy") is not None]
-    return pd.DataFrame(rows, columns=["run", "step", "heldout_accuracy"])
-
-
-def late_means(frame: pd.DataFrame, share: float = 0.5) -> pd.DataFrame:
-    """Each run's diagnostics averaged over its last `share` of steps (one row per run).
-
-    Single steps are noisy (a step sees a couple of questions); the paper's claim is about the trend,
-    so the bias diagnostics compare the second half of training.
-    """
-    rows = []
-    for run, part in frame.groupby("run", sort=False):
-        steps = sorted(part["step"].unique())
-        late = part[part["step"].isin(steps[int(len(steps) * (1 - share)):])]
-        rows.append({"run": run, "steps": len(late), **{c: late[c].astype(float).mean() for c in CURVES}})
-    return pd.DataFrame(rows)
+    live_dir = Path(job["live_dir"]) if job["live_dir"] else None
+    return _train(cfg, job["run"], common, job["resume"], job["record"], rows=job["rows"],
+                  heldout_rows=job["heldout_rows"], live_dir=live_dir)

@@ -14,11 +14,12 @@ What it guarantees:
   collated labels).
 * Full fine-tune, or LoRA (PEFT) when `lora.enabled`; LoRA weights are merged into the saved model,
   so later stages load a plain transformers model.
-* Resumable: checkpoints go to `checkpoint_dir` (default `<output_dir>-checkpoints`) every
-  `save_steps`; a rerun resumes from the last complete one (weights, optimizer and scheduler state,
-  RNG, step) and continues at the step it reached. A checkpoint is reused only when the run's
-  fingerprint (model path and a digest of its files, data, and every setting except the run length)
-  matches, so a changed learning rate or re-imported base model never continues a stale run.
+* Resumable (`r1repro.resumable`, shared with the RL stage): checkpoints go to `checkpoint_dir`
+  (default `<output_dir>-checkpoints`) every `save_steps`; a rerun resumes from the last complete
+  one (weights, optimizer and scheduler state, RNG, step) and continues at the step it reached. A
+  checkpoint is reused only when the run's fingerprint (the model path and a digest of its files,
+  of the training code, of the data, and every setting except the run length) matches, so a changed
+  learning rate, a code change or a re-imported base model never continues a stale run.
 * With `reuse_finished` (the distill stage's students), a run whose final model is already in
   `output_dir` with the same fingerprint and length is not trained again: its record is read back.
 * Atomic output: the final model is written to a temporary folder beside `output_dir` and renamed
@@ -46,15 +47,13 @@ import transformers
 from transformers import TrainerCallback
 
 from r1repro.config import CommonParams, LoraParams, SftParams
-from r1repro.distributed import Launch, launched_result, per_process
-from r1repro.io import atomic_write_json, source_digest, staged_dir, weights_digest
+from r1repro.distributed import Launch, per_process
 from r1repro.modeling import (bf16_mixed_precision, load_model, load_tokenizer, lora_config, resolve_device,
-                              save_trained_model, training_weights_dtype)
+                              training_weights_dtype)
+from r1repro.resumable import (RunFiles, Trained, checkpoint_step, finished_record, fingerprint, resume_point,
+                               run_launched_job, run_training)
 
 logger = logging.getLogger(__name__)
-
-FINGERPRINT_FILE = "r1repro_run.json"
-TRAINING_RECORD = "r1repro_training.json"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -131,13 +130,8 @@ class _StepRecorder(TrainerCallback):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Checkpoints and fingerprints
+# Fingerprint
 # ---------------------------------------------------------------------------------------------------
-
-
-# The modules whose code shapes SFT training; a change to any of them starts checkpoints afresh
-# (a rerun after a code change must not resume, and for a finished run keep, the old run).
-TRAINING_MODULES = ("sft", "modeling")
 
 
 def dataset_digest(dataset: Any) -> str:
@@ -146,63 +140,6 @@ def dataset_digest(dataset: Any) -> str:
     for row in dataset:
         digest.update(json.dumps([row["prompt"], row["completion"]]).encode())
     return digest.hexdigest()
-
-
-def last_checkpoint(checkpoint_dir: Path | str) -> Path | None:
-    """The complete checkpoint with the highest step, or None.
-
-    A checkpoint is complete once it holds trainer_state.json, which the trainer writes last; a
-    folder from a run killed mid-save lacks it and is skipped.
-
-    Args:
-        checkpoint_dir: the folder holding checkpoint-N subfolders.
-
-    Returns:
-        The path, or None when there is none.
-    """
-    folder = Path(checkpoint_dir)
-    if not folder.is_dir():
-        return None
-    complete = [p for p in folder.glob("checkpoint-*")
-                if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
-    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
-def resume_point(checkpoint_dir: Path | str, fingerprint: dict) -> Path | None:
-    """Where to resume from: the last checkpoint of the same run; a different run's are cleared.
-
-    Args:
-        checkpoint_dir: the run's checkpoint folder (created if missing).
-        fingerprint: what identifies the run (model, data digest, settings); stored in the folder.
-
-    Returns:
-        The last complete checkpoint when the folder holds this run's checkpoints, else None.
-    """
-    checkpoint_dir = Path(checkpoint_dir)
-    record = checkpoint_dir / FINGERPRINT_FILE
-    if checkpoint_dir.exists() and (not record.is_file() or json.loads(record.read_text()) != fingerprint):
-        logger.warning("%s holds checkpoints of a different run (model, data or settings changed); "
-                       "starting from step 0", checkpoint_dir)
-        shutil.rmtree(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(record, fingerprint)
-    return last_checkpoint(checkpoint_dir)
-
-
-def _finished_record(output_dir: Path, fingerprint: dict, settings: TrainSettings) -> dict | None:
-    """The record of a final model in `output_dir` made by this run (same fingerprint and length), or None.
-
-    The record is written into the final model's staging folder, which is renamed into place whole:
-    a record that is there belongs to a complete model.
-    """
-    path = output_dir / TRAINING_RECORD
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text(encoding="utf-8"))
-    expected = json.loads(json.dumps(fingerprint))  # the record went through JSON too
-    same_run = all(record.get(key) == value for key, value in expected.items())
-    same_length = (record.get("epochs"), record.get("max_steps")) == (settings.epochs, settings.max_steps)
-    return record if same_run and same_length else None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -381,24 +318,11 @@ def _count_truncated(trainer, max_length: int) -> int:
     return sum(1 for ids in trainer.train_dataset["input_ids"] if len(ids) >= max_length)
 
 
-def _write_final(trainer, folder: Path, record: dict) -> None:
-    """Write model, tokenizer (LoRA merged) and record into `folder` (every process calls this)."""
-    save_trained_model(trainer, folder)
-    if trainer.is_world_process_zero():
-        atomic_write_json(folder / TRAINING_RECORD, record)
-
-
-def _save_final(trainer, output_dir: Path, record: dict) -> None:
-    """`_write_final` into a staging folder, then rename it into place."""
-    with staged_dir(output_dir) as tmp:
-        _write_final(trainer, tmp, record)
-
-
-def _train(job: dict[str, Any], callbacks: Sequence[TrainerCallback] = ()):
+def _train(job: dict[str, Any], callbacks: Sequence[TrainerCallback] = ()) -> Trained:
     """Build the trainer of a job (see `train_sft`) and train.
 
     Returns:
-        (trainer, the `SftResult` fields but output_dir, the record saved beside the final model).
+        The trainer, the `SftResult` fields but output_dir, and the record saved beside the final model.
     """
     settings = TrainSettings.from_json(job["settings"])
     recorder = _StepRecorder()
@@ -409,23 +333,20 @@ def _train(job: dict[str, Any], callbacks: Sequence[TrainerCallback] = ()):
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=job["resume"])
     fields = {"global_step": trainer.state.global_step,
-              "start_step": int(job["resume"].split("-")[-1]) if job["resume"] else 0,
+              "start_step": checkpoint_step(job["resume"]) if job["resume"] else 0,
               "losses": recorder.losses, "train_loss": output.training_loss,
               "runtime_s": time.perf_counter() - started, "examples": len(job["rows"]),
               "truncated": _count_truncated(trainer, settings.max_length)}
     record = {**job["record"], "global_step": trainer.state.global_step, "epochs": settings.epochs,
               "max_steps": settings.max_steps, "train_loss": fields["train_loss"],
               "examples": fields["examples"], "truncated": fields["truncated"]}
-    return trainer, fields, record
+    return Trained(trainer, fields, record)
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """One launched process's part of `train_sft` (see `r1repro.distributed`): train, write the model
-    into the staging folder `job["final_dir"]`, and report (rank 0's report is the one kept)."""
-    trainer, fields, record = _train(job)
-    report = launched_result(trainer, **fields)  # before a LoRA merge changes the main process's model
-    _write_final(trainer, Path(job["final_dir"]), record)
-    return report
+    into the staging folder `job["final_dir"]`, and report (`resumable.run_launched_job`)."""
+    return run_launched_job(job, _train)
 
 
 def train_sft(dataset: Any, model: str, output_dir: Path | str, settings: TrainSettings | None = None, *,
@@ -463,12 +384,13 @@ def train_sft(dataset: Any, model: str, output_dir: Path | str, settings: TrainS
     settings = settings or TrainSettings()
     output_dir = Path(output_dir)
     checkpoint_dir = Path(checkpoint_dir or output_dir.with_name(output_dir.name + "-checkpoints"))
+    files = RunFiles(checkpoint_dir, output_dir)
     rows = _as_dataset(dataset)
-    fingerprint = {"model": str(model), "weights": weights_digest(model), "code": source_digest(*TRAINING_MODULES),
-                   "data": dataset_digest(rows), "settings": settings.identity(),
-                   # Checkpoints of another process layout are not resumed (their data order differs).
-                   **({"launch": launch.identity()} if launch else {})}
-    finished = _finished_record(output_dir, fingerprint, settings) if reuse_finished else None
+    # Checkpoints of another process layout are not resumed (their data order differs).
+    run = fingerprint("sft", model, {"model": str(model), "data": dataset_digest(rows),
+                                     "settings": settings.identity()}, launch)
+    length = {"epochs": settings.epochs, "max_steps": settings.max_steps}
+    finished = finished_record(output_dir, {**run, **length}) if reuse_finished else None
     if finished is not None:
         logger.info("%s: already trained by this run (step %d); not training again", output_dir,
                     finished["global_step"])
@@ -476,34 +398,19 @@ def train_sft(dataset: Any, model: str, output_dir: Path | str, settings: TrainS
                   "train_loss": finished.get("train_loss"), "examples": finished.get("examples", len(rows)),
                   "truncated": finished.get("truncated", 0), "reused": True}
     else:
-        resume = resume_point(checkpoint_dir, fingerprint)
-        job = {"rows": rows, "model": str(model), "checkpoint_dir": str(checkpoint_dir),
+        resume = resume_point(files, run, "sft")
+        job = {"rows": rows, "model": str(model), "checkpoint_dir": str(files.checkpoint_dir),
                "settings": settings.to_json(), "resume": str(resume) if resume else None,
                "live_dir": str(live_dir) if live_dir else None, "device": device,
-               "trust_remote_code": trust_remote_code, "progress": progress, "record": fingerprint}
-        fields = _run_job_here_or_launched(job, output_dir, settings, callbacks, launch)
+               "trust_remote_code": trust_remote_code, "progress": progress, "record": run}
+        trained = run_training("sft", output_dir, launch, here=lambda: _train(job, callbacks),
+                               payload=lambda: {**job, "rows": rows.to_list()},
+                               lora=settings.lora, lora_key="sft.lora / distill.lora", callbacks=callbacks)
+        fields = {k: v for k, v in trained.fields.items() if k in SftResult.__dataclass_fields__}
+        fields["losses"] = [tuple(pair) for pair in fields["losses"]]  # a launch's JSON made the pairs lists
     if not keep_checkpoints:  # also after a reused run: a kill may have come before this cleanup
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        shutil.rmtree(files.checkpoint_dir, ignore_errors=True)
     return SftResult(output_dir=output_dir, **fields)
-
-
-def _run_job_here_or_launched(job: dict[str, Any], output_dir: Path, settings: TrainSettings,
-                              callbacks: Sequence[TrainerCallback], launch: Launch | None) -> dict[str, Any]:
-    """Train a job in this process, or in launched processes; the final model replaces `output_dir`.
-
-    Returns:
-        The `SftResult` fields but output_dir.
-    """
-    if launch is None:
-        trainer, fields, record = _train(job, callbacks)
-        _save_final(trainer, output_dir, record)
-        return fields
-    launch.check(settings.lora, callbacks, "sft.lora / distill.lora")
-    with staged_dir(output_dir) as tmp:  # replaced only if every process finished
-        report = launch.run("sft", {**job, "rows": job["rows"].to_list(), "final_dir": str(tmp)})
-    fields = {key: value for key, value in report.items() if key in SftResult.__dataclass_fields__}
-    fields["losses"] = [tuple(pair) for pair in fields["losses"]]  # JSON made the pairs lists
-    return fields
 
 
 def train_from_params(dataset: Any, cfg: SftParams, common: CommonParams, *,

@@ -1,0 +1,83 @@
+"""RL's periodic held-out check: the policy in memory answers held-out questions during training.
+
+    callback = HeldoutEval(rows, "r1_chat", tokenizer, cfg.eval_sampling, cfg.eval_steps, diagnostics, seed=7)
+    trainer = GRPOTrainer(..., callbacks=[diagnostics, callback])   # after the diagnostics (its step timer)
+
+Before step 1 and every `every` steps the held-out prompts are answered with the transformers backend
+(greedy by default, under the training's autocast) and graded; the numbers land in that step's
+diagnostics row (`r1repro.rl_diagnostics`) as heldout_accuracy, heldout_mean_length and
+heldout_truncated_share, the curve of the notebook's held-out plot. The stage's before/after numbers
+are a separate, larger check on the saved models (`r1repro.evaluation`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from transformers import TrainerCallback
+
+from r1repro import grading
+from r1repro.config import SamplingParams
+from r1repro.rl_diagnostics import Diagnostics, mean_or_none
+from r1repro.templates import prefill, render_prompt
+
+
+class HeldoutEval(TrainerCallback):
+    """Answer held-out prompts with the policy every `every` steps (and before step 1).
+
+    Uses the transformers generation backend on the model in memory; the metrics land in the
+    diagnostics row of that step as heldout_accuracy, heldout_mean_length, heldout_truncated_share.
+
+    Args:
+        rows: held-out question rows (`problem`, `answer`).
+        template: the prompt template.
+        tokenizer: the policy's tokenizer.
+        sampling: params `rl.eval_sampling` (temperature 0: greedy).
+        every: evaluate when global_step % every == 0.
+        diagnostics: where the metrics go.
+        seed: sampling seed.
+        timeout_s: grading time limit per response.
+        batch_size: sequences per generate call.
+    """
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]], template: str, tokenizer: Any,
+                 sampling: SamplingParams, every: int, diagnostics: Diagnostics, *, seed: int,
+                 timeout_s: float = 5.0, batch_size: int = 16):
+        self.prompts = [render_prompt(template, r["problem"], tokenizer) for r in rows]
+        self.golds = [str(r["answer"]) for r in rows]
+        self.head = prefill(template)
+        self.tokenizer, self.sampling, self.every = tokenizer, sampling, every
+        self.diagnostics, self.seed = diagnostics, seed
+        self.timeout_s, self.batch_size = timeout_s, batch_size
+
+    def evaluate(self, model: Any, bf16: bool = False) -> dict[str, float]:
+        """Generate and grade; returns heldout_accuracy, heldout_mean_length, heldout_truncated_share.
+
+        bf16: decode under bfloat16 autocast (the training's `args.bf16`, as its rollouts do).
+        """
+        import torch
+
+        from r1repro.generation import load_generator
+
+        generator = load_generator("transformers", (model, self.tokenizer), batch_size=self.batch_size,
+                                   progress=False)
+        s = self.sampling
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            groups = generator.generate(self.prompts, n=s.n, temperature=s.temperature, top_p=s.top_p,
+                                        max_tokens=s.max_new_tokens, seed=self.seed)
+        pairs = [(c, gold) for group, gold in zip(groups, self.golds) for c in group]
+        return {
+            "heldout_accuracy": mean_or_none([float(grading.is_correct(self.head + c.text, gold, self.timeout_s))
+                                       for c, gold in pairs]),
+            "heldout_mean_length": mean_or_none([c.num_tokens for c, _ in pairs]),
+            "heldout_truncated_share": mean_or_none([float(c.finish_reason == "length") for c, _ in pairs]),
+        }
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:  # the starting policy, once; a resumed run has it already
+            self.diagnostics.add_heldout(0, self.evaluate(model, bf16=args.bf16))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0:
+            self.diagnostics.add_heldout(state.global_step, self.evaluate(model, bf16=args.bf16))
