@@ -298,7 +298,7 @@ def test_two_steps_each_algorithm_train_and_record_paired_diagnostics(tiny_model
         assert [r["step"] for r in rows] == [0, 1, 2]
         assert load_diagnostics(result.run_dir) == rows
         assert {"heldout_accuracy", "heldout_truncated_share"} <= rows[0].keys() <= {
-            "step", "heldout_accuracy", "heldout_mean_length", "heldout_truncated_share"}
+            "step", "heldout_accuracy", "heldout_mean_length", "heldout_truncated_share", "heldout_format_rate"}
         assert "heldout_accuracy" in rows[2] and "heldout_accuracy" not in rows[1]
         for row in rows[1:]:
             # Our numbers agree with TRL's own logs of the same step.

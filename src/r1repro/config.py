@@ -328,6 +328,10 @@ class RlParams(Section):
     heldout: BenchmarkSubset | None = Field(
         None, description="held-out prompts answered greedily every eval_steps (disjoint from prompts)")
     eval_steps: int = Field(0, ge=0, description="held-out evaluation every N steps; 0: off")
+    seeds: list[int] | None = Field(
+        None, min_length=1, description="training seeds: each run (GRPO, Dr. GRPO) trains once per seed on "
+        "the same prompts, paired seed by seed; the findings pool them. None: [common.seed]. The first "
+        "seed's run keeps the folder <output_dir>/<run>; the others go to <run>_seed<N>")
     eval_limit: int | None = Field(
         None, ge=1, description="questions of rl.heldout answered at each periodic evaluation (the "
         "first N; each point costs a generation pass during training); None: all")

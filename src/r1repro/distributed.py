@@ -42,9 +42,12 @@ from typing import Any
 from r1repro.config import CommonParams, ConfigError, read_yaml
 from r1repro.io import atomic_write_json
 from r1repro.modeling import resolve_device
+from r1repro.pipeline import PIPELINE
 
 # Job kinds a launched process can run: the module whose `run_job(payload) -> dict` does the work.
-JOBS = {"sft": "r1repro.sft", "rl": "r1repro.rl"}
+# The stage table names them (`Stage.trains`); they are imported by name in the launched process, so
+# this module imports neither (each imports this one to launch itself).
+JOBS = {s.trains: f"r1repro.{s.trains}" for s in PIPELINE if s.trains}
 # accelerate's distributed types that this project launches: plain DDP, or DeepSpeed ZeRO.
 LAUNCHABLE = ("MULTI_GPU", "DEEPSPEED")
 OUTPUT_TAIL_LINES = 40  # how much of the processes' output a failure message repeats

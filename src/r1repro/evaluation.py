@@ -324,16 +324,32 @@ def greedy_heldout(model: str, rows: Sequence[dict], template: str, max_new_toke
     tokenizer = modeling.load_tokenizer(model, trust_remote_code=common.trust_remote_code)
     prompts = [templates.render_prompt(template, row["problem"], tokenizer) for row in rows]
     out = cached_greedy(model, prompts, max_new_tokens, common, label)
-    records = grade_records(_records(label, "heldout", rows, prompts, out, "greedy"), template,
-                            common.grading_workers, common.grading_timeout_s)
-    accuracy, low, high = _mean_ci([float(r["correct"]) for r in records], n_boot, confidence, common.seed)
-    summary = {
-        "n": len(records), "accuracy": accuracy, "accuracy_low": low, "accuracy_high": high,
-        "format_rate": float(np.mean([r["formatted"] for r in records])) if records else float("nan"),
-        "truncated": float(np.mean([r["finish_reason"] == "length" for r in records])) if records else float("nan"),
-        "mean_tokens": float(np.mean([r["num_tokens"] for r in records])) if records else float("nan"),
-    }
-    return records, summary
+    records = graded_heldout_records(label, rows, prompts, out, template, common.grading_workers,
+                                     common.grading_timeout_s)
+    return records, heldout_summary(records, n_boot, confidence, common.seed)
+
+
+def graded_heldout_records(label: str, rows: Sequence[dict], prompts: Sequence[str],
+                           completions: Sequence[Sequence[Any]], template: str, workers: int,
+                           timeout_s: float) -> list[dict]:
+    """Held-out answers as graded records: the one way every held-out check scores (the training
+    stages' before/after checks and RL's periodic check in `r1repro.rl_heldout`)."""
+    return grade_records(_records(label, "heldout", rows, prompts, completions, "greedy"), template,
+                         workers, timeout_s)
+
+
+def heldout_summary(records: Sequence[dict], n_boot: int = 1000, confidence: float = 0.95,
+                    seed: int = 0) -> dict[str, Any]:
+    """n, accuracy with its bootstrap interval, format_rate, truncated and mean_tokens of graded records."""
+    accuracy, low, high = _mean_ci([float(r["correct"]) for r in records], n_boot, confidence, seed)
+
+    def share(values: list[float]) -> float:
+        return float(np.mean(values)) if values else float("nan")
+
+    return {"n": len(records), "accuracy": accuracy, "accuracy_low": low, "accuracy_high": high,
+            "format_rate": share([r["formatted"] for r in records]),
+            "truncated": share([r["finish_reason"] == "length" for r in records]),
+            "mean_tokens": share([r["num_tokens"] for r in records])}
 
 
 def paired_change(before: Sequence[dict], after: Sequence[dict], n_boot: int = 1000,
@@ -367,6 +383,30 @@ def paired_change(before: Sequence[dict], after: Sequence[dict], n_boot: int = 1
     fixed, broke = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
     return {"change": change, "change_low": low, "change_high": high, "n": len(diffs),
             "fixed": fixed, "broke": broke, "sign_test_p": sign_test_p(fixed, broke)}
+
+
+def paired_change_over_seeds(before: Sequence[dict], after_by_seed: dict[Any, Sequence[dict]],
+                             n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """`paired_change` of one start against a run trained with several seeds: each question's after
+    score is its mean correctness over the seeds, so the interval is over questions with the seeds'
+    noise averaged in (with one seed it is `paired_change` itself).
+
+    Args:
+        before: graded records of the starting model, one per question.
+        after_by_seed: {seed: graded records of that seed's trained model on the same questions}.
+        n_boot, confidence, seed: bootstrap settings.
+
+    Returns:
+        `paired_change`'s fields, plus seeds; fixed and broke count questions whose seed-averaged
+        score rose or fell.
+    """
+    if not after_by_seed:
+        raise ValueError("paired_change_over_seeds: no seeds")
+    per_seed = [{r["question_id"]: float(r["correct"]) for r in records} for records in after_by_seed.values()]
+    if any(set(p) != set(per_seed[0]) for p in per_seed):
+        raise ValueError("paired_change_over_seeds: the seeds' record sets cover different questions")
+    averaged = [{"question_id": q, "correct": float(np.mean([p[q] for p in per_seed]))} for q in per_seed[0]]
+    return {**paired_change(before, averaged, n_boot, confidence, seed), "seeds": len(per_seed)}
 
 
 def sign_test_p(fixed: int, broke: int) -> float:

@@ -71,6 +71,7 @@ from r1repro import io, resumable
 from r1repro.config import CommonParams, ConfigError, RlParams
 from r1repro.data import load_subset
 from r1repro.distributed import Launch, per_process
+from r1repro.findings import seed_suffix
 from r1repro.modeling import (bf16_mixed_precision, end_of_turn_id, load_model, load_tokenizer, lora_config,
                               resolve_device, training_weights_dtype)
 from r1repro.rewards import reward_functions
@@ -244,11 +245,21 @@ def run_fingerprint(cfg: RlParams, run: str, common: CommonParams,
     """
     shared = cfg.model_dump(mode="json", exclude={
         "runs", "max_steps", "save_steps", "heldout", "eval_steps", "eval_limit", "eval_sampling", "output_dir",
-        "gradient_checkpointing"})
+        "gradient_checkpointing", "seeds"})
     chosen = {"rows": io.text_digest(str(r.get("id", r["problem"])) for r in rows)} if rows is not None else {}
     settings = {"run": run, **cfg.runs[run].model_dump(mode="json"), **shared,
                 "seed": common.seed, "dtype": common.dtype, **chosen}
     return resumable.fingerprint("rl", cfg.init_model, settings, launch)
+
+
+def run_seeds(cfg: RlParams, common: CommonParams) -> list[int]:
+    """The seeds each run trains with: `rl.seeds`, or `common.seed` alone."""
+    return list(cfg.seeds or [common.seed])
+
+
+def run_dir_name(run: str, seed: int, seeds: Sequence[int]) -> str:
+    """`<run>` for the first seed (the folder later stages name), `<run>_seed<N>` for the others."""
+    return run + seed_suffix(seed, seeds)
 
 
 def run_files(run_dir: Path) -> resumable.RunFiles:
@@ -312,7 +323,7 @@ def _callbacks(cfg: RlParams, common: CommonParams, tokenizer: Any, diagnostics:
     heldout_rows = list(heldout_rows)[:cfg.eval_limit]  # the curve's points; before/after use all of them
     return [diagnostics, HeldoutEval(heldout_rows, cfg.template, tokenizer, cfg.eval_sampling, cfg.eval_steps,
                                      diagnostics, seed=common.seed, timeout_s=common.grading_timeout_s,
-                                     batch_size=common.generation_batch_size)]
+                                     batch_size=common.generation_batch_size, workers=common.grading_workers)]
 
 
 class AutocastRolloutsTrainer(GRPOTrainer):
@@ -349,7 +360,7 @@ def make_trainer(cfg: RlParams, run: str, common: CommonParams, *,
     Returns:
         (trainer, diagnostics).
     """
-    run_dir = Path(cfg.output_dir) / run
+    run_dir = Path(cfg.output_dir) / run_dir_name(run, common.seed, run_seeds(cfg, common))
     device = resolve_device(common.device)
     tokenizer = load_tokenizer(cfg.init_model, trust_remote_code=common.trust_remote_code)
     # Trained weights and optimizer state in float32; common.dtype bfloat16 is autocast over them.
@@ -409,7 +420,8 @@ def compact_lm_head_scoring(enabled: bool = True) -> Iterator[None]:
 def train_run(cfg: RlParams, run: str, common: CommonParams, *,
               rows: Sequence[Mapping[str, Any]] | None = None,
               heldout_rows: Sequence[Mapping[str, Any]] | None = None,
-              callbacks: Sequence[TrainerCallback] = (), live_dir: Path | None = None) -> RunResult:
+              callbacks: Sequence[TrainerCallback] = (), live_dir: Path | None = None,
+              seed: int | None = None) -> RunResult:
     """Train one run (GRPO or Dr. GRPO, per `cfg.runs[run]`), resuming from its last checkpoint.
 
     Checkpoints go to `<rl.output_dir>/<run>/checkpoints` every `cfg.save_steps` steps (and at the
@@ -424,14 +436,21 @@ def train_run(cfg: RlParams, run: str, common: CommonParams, *,
     Args:
         cfg, run, common, rows, heldout_rows, live_dir: see `make_trainer`.
         callbacks: see `make_trainer` (in-process training only).
+        seed: one of `run_seeds(cfg, common)` (default: the first); it seeds the prompt order,
+            sampling and initialisation, and names the run folder (`run_dir_name`).
 
     Returns:
-        A `RunResult`.
+        A `RunResult` (its `run` is the run folder's name).
 
     Raises:
         LaunchError: the launched processes failed (`<run>/final` keeps its previous model).
     """
-    run_dir = Path(cfg.output_dir) / run
+    seeds = run_seeds(cfg, common)
+    seed = seeds[0] if seed is None else seed
+    if seed not in seeds:
+        raise ConfigError(f"rl.seeds has no seed {seed}; seeds: {seeds}")
+    common = common.model_copy(update={"seed": seed})
+    run_dir = Path(cfg.output_dir) / run_dir_name(run, seed, seeds)
     files, launch = run_files(run_dir), Launch.from_common(common)
     record = run_fingerprint(cfg, run, common, rows, launch)
     resume = resumable.resume_point(files, record, f"rl {run}")
@@ -451,7 +470,7 @@ def train_run(cfg: RlParams, run: str, common: CommonParams, *,
         diagnostics, live = list(trained.local.rows), trained.local.live_dir
     else:  # the main process of the launch wrote them
         diagnostics, live = load_diagnostics(run_dir), Path(live_dir) if live_dir else run_dir / "dvclive"
-    return RunResult(run=run, final_dir=files.final_dir, diagnostics=diagnostics, run_dir=run_dir,
+    return RunResult(run=run_dir.name, final_dir=files.final_dir, diagnostics=diagnostics, run_dir=run_dir,
                      live_dir=live, resumed_from=resumable.checkpoint_step(resume) if resume else None,
                      global_step=trained.fields["global_step"], rollout=rollout.record())
 

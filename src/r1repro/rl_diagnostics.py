@@ -95,7 +95,9 @@ def step_row(step: int, rollouts: Rollouts, weights: Mapping[str, float],
     Returns:
         reward (total), reward_<name> (unweighted means), accuracy (share correct), mean_length,
         mean_length_correct / _incorrect (None when there are none), truncated_share,
-        zero_std_share (groups whose total rewards are all equal), all_rewards_zero, question_ids.
+        zero_std_share (groups whose total rewards are all equal), all_rewards_zero, question_ids, and
+        groups: per prompt, its completions' total rewards, correctness, lengths and truncation (what
+        the findings' length-bias and std-scaling rows are measured from).
     """
     totals = [sum(w * rollouts.rewards[name][i] for name, w in weights.items())
               for i in range(len(rollouts.lengths))]
@@ -114,6 +116,10 @@ def step_row(step: int, rollouts: Rollouts, weights: Mapping[str, float],
         "zero_std_share": mean_or_none([float(max(g) - min(g) <= 1e-6) for g in groups]),
         "all_rewards_zero": all(t == 0 for t in totals),
         "question_ids": list(dict.fromkeys(rollouts.question_ids)),
+        "groups": [{"question_id": rollouts.question_ids[k], "rewards": totals[k:k + num_generations],
+                    "correct": correct[k:k + num_generations], "lengths": rollouts.lengths[k:k + num_generations],
+                    "truncated": rollouts.truncated[k:k + num_generations]}
+                   for k in range(0, len(totals), num_generations)],
     }
 
 
@@ -351,15 +357,21 @@ def curves_frame(results: Sequence[Any]) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def heldout_frame(results: Sequence[Any]) -> pd.DataFrame:
+def heldout_frame(results: Sequence[Any], ends: Mapping[str, Mapping[int, float]] | None = None) -> pd.DataFrame:
     """Held-out accuracy over steps (rows of steps 0, eval_steps, 2 x eval_steps, ...), column `run`.
 
     Args:
         results: `r1repro.rl.RunResult`s (anything with `run` and `diagnostics`).
+        ends: {run: {step: accuracy}} from the stage's own before/after checks, for steps the periodic
+            check did not measure (with `rl.eval_steps` 0, the curve is these two points).
     """
     rows = [{"run": r.run, "step": d["step"], "heldout_accuracy": d["heldout_accuracy"]}
             for r in results for d in r.diagnostics if d.get("heldout_accuracy") is not None]
-    return pd.DataFrame(rows, columns=["run", "step", "heldout_accuracy"])
+    seen = {(row["run"], row["step"]) for row in rows}
+    rows += [{"run": run, "step": step, "heldout_accuracy": acc} for run, points in (ends or {}).items()
+             for step, acc in points.items() if (run, step) not in seen]
+    frame = pd.DataFrame(rows, columns=["run", "step", "heldout_accuracy"])
+    return frame.sort_values(["run", "step"], kind="stable").reset_index(drop=True) if ends else frame
 
 
 def late_means(frame: pd.DataFrame, share: float = 0.5) -> pd.DataFrame:

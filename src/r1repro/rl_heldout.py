@@ -17,10 +17,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from r1repro import grading
 from r1repro.config import SamplingParams
-from r1repro.rl_diagnostics import Diagnostics, mean_or_none
-from r1repro.templates import prefill, render_prompt
+from r1repro.rl_diagnostics import Diagnostics
+from r1repro.templates import render_prompt
 
 
 class HeldoutEval(TrainerCallback):
@@ -38,26 +37,29 @@ class HeldoutEval(TrainerCallback):
         diagnostics: where the metrics go.
         seed: sampling seed.
         timeout_s: grading time limit per response.
+        workers: grading processes (common.grading_workers).
         batch_size: sequences per generate call.
     """
 
     def __init__(self, rows: Sequence[Mapping[str, Any]], template: str, tokenizer: Any,
                  sampling: SamplingParams, every: int, diagnostics: Diagnostics, *, seed: int,
-                 timeout_s: float = 5.0, batch_size: int = 16):
+                 timeout_s: float = 5.0, batch_size: int = 16, workers: int = 1):
+        self.rows = [dict(r) for r in rows]
         self.prompts = [render_prompt(template, r["problem"], tokenizer) for r in rows]
-        self.golds = [str(r["answer"]) for r in rows]
-        self.head = prefill(template)
-        self.tokenizer, self.sampling, self.every = tokenizer, sampling, every
+        self.template, self.tokenizer, self.sampling, self.every = template, tokenizer, sampling, every
         self.diagnostics, self.seed = diagnostics, seed
-        self.timeout_s, self.batch_size = timeout_s, batch_size
+        self.timeout_s, self.batch_size, self.workers = timeout_s, batch_size, workers
 
     def evaluate(self, model: Any, bf16: bool = False) -> dict[str, float]:
-        """Generate and grade; returns heldout_accuracy, heldout_mean_length, heldout_truncated_share.
+        """Generate and grade; returns heldout_accuracy, heldout_mean_length, heldout_truncated_share
+        and heldout_format_rate, scored as the stage's before/after checks are
+        (`evaluation.graded_heldout_records`, `evaluation.heldout_summary`).
 
         bf16: decode under bfloat16 autocast (the training's `args.bf16`, as its rollouts do).
         """
         import torch
 
+        from r1repro.evaluation import graded_heldout_records, heldout_summary
         from r1repro.generation import load_generator
 
         generator = load_generator("transformers", (model, self.tokenizer), batch_size=self.batch_size,
@@ -66,13 +68,11 @@ class HeldoutEval(TrainerCallback):
         with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
             groups = generator.generate(self.prompts, n=s.n, temperature=s.temperature, top_p=s.top_p,
                                         max_tokens=s.max_new_tokens, seed=self.seed)
-        pairs = [(c, gold) for group, gold in zip(groups, self.golds) for c in group]
-        return {
-            "heldout_accuracy": mean_or_none([float(grading.is_correct(self.head + c.text, gold, self.timeout_s))
-                                       for c, gold in pairs]),
-            "heldout_mean_length": mean_or_none([c.num_tokens for c, _ in pairs]),
-            "heldout_truncated_share": mean_or_none([float(c.finish_reason == "length") for c, _ in pairs]),
-        }
+        records = graded_heldout_records("policy", self.rows, self.prompts, groups, self.template,
+                                         self.workers, self.timeout_s)
+        summary = heldout_summary(records, n_boot=10, seed=self.seed)  # the curve shows no interval
+        return {"heldout_accuracy": summary["accuracy"], "heldout_mean_length": summary["mean_tokens"],
+                "heldout_truncated_share": summary["truncated"], "heldout_format_rate": summary["format_rate"]}
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0:  # the starting policy, once; a resumed run has it already
