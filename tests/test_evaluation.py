@@ -97,6 +97,10 @@ class _CountingGenerator:
 
     def __init__(self):
         self.calls = []
+        self.closed = 0
+
+    def close(self):
+        self.closed += 1
 
     def generate(self, prompts, n, temperature, top_p, max_tokens, seed, stop=None):
         from r1repro.generation import Completion
@@ -146,7 +150,8 @@ def test_evaluate_model_pools_benchmarks_and_can_skip_greedy(monkeypatch, tmp_pa
 
 
 def test_greedy_covers_every_question_samples_only_the_first_ones(monkeypatch, tmp_path) -> None:
-    recs, gen, _ = _evaluate(monkeypatch, tmp_path, BENCHMARKS, greedy_max_new_tokens=16, sampled_limit=1)
+    recs, gen, loads = _evaluate(monkeypatch, tmp_path, BENCHMARKS, greedy_max_new_tokens=16, sampled_limit=1)
+    assert len(loads) == 1 and gen.closed == 1  # loaded once for both modes, released before the next model
     greedy = {r["question_id"] for r in recs if r["mode"] == "greedy"}
     sampled = {r["question_id"] for r in recs if r["mode"] == "sampled"}
     assert greedy == {"a1", "b1", "b2"} and sampled == {"a1", "b1"}  # the first of each benchmark

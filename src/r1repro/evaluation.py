@@ -96,7 +96,8 @@ def evaluate_model(model: str, label: str, benchmarks: dict[str, Sequence[dict]]
         out = generator().generate([prompts[i] for i in sampled], n=s.n, temperature=s.temperature,
                                    top_p=s.top_p, max_tokens=s.max_new_tokens, seed=common.seed)
         outputs["sampled"] = dict(zip(sampled, out))
-    loaded.clear()  # the model is released before the next one loads
+    for generator_ in loaded:  # released before the next model loads (a vLLM engine's GPU memory too)
+        generator_.close()
     records: list[dict] = []
     for name in benchmarks:  # benchmark by benchmark, greedy before sampled, as the tables read
         for mode, out in outputs.items():
@@ -294,8 +295,16 @@ def cached_greedy(model: str, prompts: Sequence[str], max_new_tokens: int, commo
     from r1repro.answer_cache import AnswerCache
 
     cache = AnswerCache.for_model(common.answer_cache_dir, model, common, max_tokens=max_new_tokens)
-    out = cache.generate(prompts, make_generator or (lambda: generation.generator_for(common, model)),
-                         seed=common.seed)
+    if make_generator is not None:  # the caller's generator: the caller closes it
+        out = cache.generate(prompts, make_generator, seed=common.seed)
+    else:
+        opened: list[Any] = []
+        try:
+            out = cache.generate(prompts, lambda: opened.append(generation.generator_for(common, model))
+                                 or opened[0], seed=common.seed)
+        finally:
+            for generator in opened:
+                generator.close()
     print(f"{label}: {cache.hits} greedy answers from the cache, {cache.misses} generated")
     return out
 

