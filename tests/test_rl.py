@@ -115,7 +115,7 @@ def test_periodic_heldout_answers_the_first_eval_limit_questions(limit, answered
     diagnostics = Diagnostics("grpo", tmp_path, {"accuracy": 1.0}, 8, [0])
     callbacks = rl._callbacks(cfg, common, tokenizer, diagnostics, rows)
     assert [type(c) for c in callbacks] == [Diagnostics, HeldoutEval]
-    assert callbacks[1].golds == [str(r["answer"]) for r in rows[:answered]]
+    assert [r["answer"] for r in callbacks[1].rows] == [r["answer"] for r in rows[:answered]]
     with pytest.raises(ValueError, match="eval_limit"):
         RlParams(eval_limit=0)
 

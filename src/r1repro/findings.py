@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from r1repro import metrics, reflection
+from r1repro.pipeline import seed_suffix
 
 REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive at this size"
 FINDINGS_MD, FINDINGS_JSON = "findings.md", "findings.json"
@@ -231,12 +232,6 @@ def sft_change(value: Callable[[dict], float]):
 def readable(record: dict) -> bool:
     """R1's readability: the answer format kept and one language (the record's language score)."""
     return bool(record.get("formatted")) and float(record.get("language", 1.0)) >= 0.95
-
-
-def seed_suffix(seed: int, seeds: Sequence[int]) -> str:
-    """How the RL stage names one seed's files: the first seed's keep the plain names
-    (records_grpo.jsonl, diagnostics_grpo.jsonl), the others add `_seed<N>`."""
-    return "" if seed == seeds[0] else f"_seed{seed}"
 
 
 def rl_run_named(records: Records, loss_type: str, scale_rewards: str) -> tuple[str, list[int]] | None:

@@ -82,3 +82,9 @@ def result_folders() -> dict[str, str]:
 def timed_folders() -> dict[str, str]:
     """{stage: results folder} of every stage that records its wall time (protocol.json `wall_s`)."""
     return {s.name: s.results for s in PIPELINE if s.results}
+
+
+def seed_suffix(seed: int, seeds: list[int] | tuple[int, ...]) -> str:
+    """How the RL stage names one seed's files and folders (the findings read them by it): the first
+    seed's keep the plain names (records_grpo.jsonl, models/rl/grpo), the others add `_seed<N>`."""
+    return "" if seed == seeds[0] else f"_seed{seed}"

@@ -71,7 +71,7 @@ from r1repro import io, resumable
 from r1repro.config import CommonParams, ConfigError, RlParams
 from r1repro.data import load_subset
 from r1repro.distributed import Launch, per_process
-from r1repro.findings import seed_suffix
+from r1repro.pipeline import seed_suffix
 from r1repro.modeling import (bf16_mixed_precision, end_of_turn_id, load_model, load_tokenizer, lora_config,
                               resolve_device, training_weights_dtype)
 from r1repro.rewards import reward_functions
