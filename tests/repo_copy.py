@@ -16,12 +16,14 @@ from pathlib import Path
 
 import yaml
 
-from r1repro.config import deep_merge, validate
+from r1repro.config import deep_merge, validate, write_resolved
 
 
-def run(args: list[str], cwd: Path, timeout: int = 1800, check: bool = True) -> subprocess.CompletedProcess:
+def run(args: list[str], cwd: Path, timeout: int = 1800, check: bool = True,
+        env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run a command with this interpreter's tools first on PATH; fail the test with its output."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           **(env_extra or {})}
     result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if check:
         assert result.returncode == 0, (f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n"
@@ -55,3 +57,5 @@ def set_params(root: Path, overrides: dict) -> None:
     merged = deep_merge(yaml.safe_load(path.read_text()), overrides)
     validate(merged)
     path.write_text(yaml.safe_dump(merged, sort_keys=False))
+    # What dvc.yaml's params stage does first, so a stage run by hand (not through dvc) finds it.
+    write_resolved(root)

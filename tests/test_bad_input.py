@@ -132,6 +132,7 @@ def test_model_import_names_the_model_and_the_fix(scratch: Path, tmp_path_factor
 @pytest.mark.slow
 def test_stage_with_a_missing_model_keeps_results(scratch: Path, data_dir: Path) -> None:
     _edit_params(scratch, lambda p: p["probe"].update(models={"ghost": "models/ghost"}))
+    config.write_resolved(scratch)  # dvc.yaml's params stage, which runs first
     shutil.copytree(data_dir, scratch / "data")
     result = _cli(["r1repro.stage", "probe"], scratch)
     assert result.returncode == 1
@@ -145,6 +146,7 @@ def test_stage_with_a_missing_model_keeps_results(scratch: Path, data_dir: Path)
 @pytest.mark.slow
 def test_stage_with_a_missing_dataset_file_keeps_results(scratch: Path, data_dir: Path) -> None:
     _edit_params(scratch, lambda p: p["probe"]["questions"].update(file="train/nope.jsonl"))
+    config.write_resolved(scratch)  # dvc.yaml's params stage, which runs first
     shutil.copytree(data_dir, scratch / "data")
     result = _cli(["r1repro.stage", "probe"], scratch)
     assert result.returncode == 1
@@ -159,6 +161,7 @@ def test_stage_with_rows_lacking_a_field_names_the_key(scratch: Path, data_dir: 
     shutil.copytree(data_dir, scratch / "data")
     (scratch / "data" / "train" / "no_answers.jsonl").write_text('{"problem": "1 + 1?"}\n')
     _edit_params(scratch, lambda p: p["rl"]["prompts"].update(file="train/no_answers.jsonl"))
+    config.write_resolved(scratch)  # dvc.yaml's params stage, which runs first
     result = _cli(["r1repro.stage", "rl"], scratch)
     assert result.returncode == 1
     assert ("rl.prompts.file: data/train/no_answers.jsonl:1: row lacks answer "

@@ -191,7 +191,9 @@ def test_training_rows_outside_the_train_split_are_refused(params_dict: dict) ->
 
 def test_report_on_dev_points_every_check_at_dev(params_dict: dict) -> None:
     params_dict["splits"]["report_on"] = "dev"
-    with pytest.raises(ConfigError, match=r"probe\.questions \(rows 600-631\) lies outside splits\.dev"):
+    q = params_dict["probe"]["questions"]
+    rows = f"{q['offset']}-{q['offset'] + q['limit'] - 1}"
+    with pytest.raises(ConfigError, match=rf"probe\.questions \(rows {rows}\) lies outside splits\.dev"):
         validate(params_dict)
     dev = {"file": "train/asdiv.jsonl", "limit": 32, "offset": 1200}
     for section, key in (("probe", "questions"), ("sft", "heldout"), ("rl", "heldout"), ("distill", "heldout")):

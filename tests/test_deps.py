@@ -79,3 +79,14 @@ def test_import_cycles_are_found(tmp_path: Path) -> None:
     package = _package(tmp_path, {"a": "from r1repro import b\n", "b": "def f():\n    import r1repro.c\n",
                                   "c": "from r1repro.a import x\n", "d": "import r1repro.a\n"})
     assert deps.import_cycles(package) == [["a", "b", "c"]]
+
+
+def test_readme_lists_every_module_of_the_package(repo_root) -> None:
+    """README's "What is where" names each module of src/r1repro, and no module that is gone."""
+    import re
+
+    readme = (repo_root / "README.md").read_text()
+    section = readme.split("## What is where", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\s{2}(\w+\.py)\s", section, flags=re.M))
+    present = {p.name for p in (repo_root / "src" / "r1repro").glob("*.py")} - {"__init__.py"}
+    assert listed == present, f"missing from README: {sorted(present - listed)}; gone: {sorted(listed - present)}"

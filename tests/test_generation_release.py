@@ -39,12 +39,12 @@ def tiny():
 
 def test_a_wrapper_of_a_model_in_memory_holds_no_weights_and_keeps_the_model(tiny):
     model, tokenizer = tiny
-    before = len(live_engines(owning_only=False))
     gen = load_generator("transformers", (model, tokenizer), batch_size=2, progress=False)
     assert not gen.engine.owns_weights and gen.engine.model == "<model in memory>"
     assert gen.engine not in live_engines() and gen.engine in live_engines(owning_only=False)
     gen.close()
-    assert gen.closed and len(live_engines(owning_only=False)) == before
+    # Membership, not a count: an earlier test's generator may be collected meanwhile.
+    assert gen.closed and gen.engine not in live_engines(owning_only=False)
     assert model.training is False and sum(p.numel() for p in model.parameters()) > 0  # untouched
 
 
