@@ -9,6 +9,7 @@ profile into the copy's params.yaml lets a test's overrides win over the profile
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,3 +60,8 @@ def set_params(root: Path, overrides: dict) -> None:
     path.write_text(yaml.safe_dump(merged, sort_keys=False))
     # What dvc.yaml's params stage does first, so a stage run by hand (not through dvc) finds it.
     write_resolved(root)
+
+
+def stages_run(output: str) -> set[str]:
+    """The stages a `dvc repro` ran, from its output."""
+    return set(re.findall(r"Running stage '([\w-]+)'", output))

@@ -19,7 +19,7 @@ from r1repro.config import deep_merge, load_params
 from r1repro.generation import ENGINE_LOG_ENV
 from r1repro.pipeline import PIPELINE
 
-from repo_copy import make_copy, run
+from repo_copy import make_copy, run, stages_run
 
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2}
@@ -99,7 +99,7 @@ def _cold_started_teacher(folder: Path, base_model_dir: Path, data_dir: Path, te
     return folder
 
 
-def size_overrides(tiny_qwen: Path, tiny_llama: Path, math_train: Path, teacher: Path) -> dict:
+def size_overrides(profile: dict, tiny_qwen: Path, tiny_llama: Path, math_train: Path, teacher: Path) -> dict:
     """Only sizes, devices and the hub-only ids replaced by local stand-ins of the same kind."""
     budget = 8
     greedy = {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": budget}
@@ -124,14 +124,10 @@ def size_overrides(tiny_qwen: Path, tiny_llama: Path, math_train: Path, teacher:
                     "sampling": {"n": 2, "max_new_tokens": 128}, "max_length": 512, "epochs": 1.0,
                     "eval_sampling": greedy},
         "evaluate": {"benchmarks": {name: {**spec, "limit": 2} for name, spec in
-                                    _profile_benchmarks().items()},
+                                    profile["evaluate"]["benchmarks"].items()},
                      "sampling": {"n": 2, "max_new_tokens": budget}, "greedy_max_new_tokens": budget},
         "report": {"bootstrap_samples": 100},
     }
-
-
-def _profile_benchmarks() -> dict:
-    return _profile(Path(__file__).resolve().parents[1], "gpu")["evaluate"]["benchmarks"]
 
 
 @pytest.mark.parametrize("name", ["gpu", "gpu1"])
@@ -166,9 +162,9 @@ def test_gpu_profile_runs_end_to_end_on_cpu(tmp_path_factory: pytest.TempPathFac
     tiny_qwen = _save_tiny(stand_ins / "tiny_qwen2", "qwen2", base_model_dir)
     tiny_llama = _save_tiny(stand_ins / "tiny_llama", "llama", base_model_dir)
     math_train = _math_like_train_file(stand_ins / "math_train.jsonl", data_dir)
-    teacher = _cold_started_teacher(stand_ins / "teacher", base_model_dir, data_dir,
-                                    _profile(repo_root, "gpu")["distill"]["template"])
-    overrides = size_overrides(tiny_qwen, tiny_llama, math_train, teacher)
+    profile = _profile(repo_root, "gpu")
+    teacher = _cold_started_teacher(stand_ins / "teacher", base_model_dir, data_dir, profile["distill"]["template"])
+    overrides = size_overrides(profile, tiny_qwen, tiny_llama, math_train, teacher)
     engine_log = stand_ins / "engines.jsonl"
     monkeypatch.setenv(ENGINE_LOG_ENV, str(engine_log))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -176,11 +172,11 @@ def test_gpu_profile_runs_end_to_end_on_cpu(tmp_path_factory: pytest.TempPathFac
     copy = make_copy(tmp_path_factory.mktemp("gpu_sim") / "repo", repo_root, data_dir, overrides,
                      profile="gpu")
     result = run(["dvc", "repro"], copy, timeout=3000)
-    assert set(_stages_run(result.stdout)) == {s.name for s in PIPELINE}, result.stdout[-3000:]
+    assert stages_run(result.stdout) == {s.name for s in PIPELINE}, result.stdout[-3000:]
     # vLLM was asked for and cannot run here: the fallback is announced, not silent.
     assert "vllm" in (result.stdout + result.stderr).lower()
 
-    check_simulated_run(copy, deep_merge(_profile(repo_root, "gpu"), overrides), engine_log)
+    check_simulated_run(copy, deep_merge(profile, overrides), engine_log)
 
 
 def check_simulated_run(copy: Path, expected: dict, engine_log: Path) -> None:
@@ -210,12 +206,6 @@ def _contains(actual, wanted) -> bool:
     if isinstance(wanted, dict):
         return isinstance(actual, dict) and all(k in actual and _contains(actual[k], v) for k, v in wanted.items())
     return actual == wanted
-
-
-def _stages_run(output: str) -> list[str]:
-    import re
-
-    return re.findall(r"Running stage '([\w-]+)'", output)
 
 
 def _recorded_params(copy: Path) -> dict[str, dict]:

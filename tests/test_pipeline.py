@@ -7,12 +7,11 @@ no-op, `dvc status` is clean, and a change reruns exactly the stages it touches.
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
 import pytest
-from repo_copy import make_copy, run
+from repo_copy import make_copy, run, stages_run as _stages_run
 
 from r1repro import deps
 from r1repro.pipeline import PIPELINE, result_folders
@@ -23,10 +22,6 @@ RESULT_FOLDERS = result_folders()
 
 
 _run = run  # fails the test with the command's output
-
-
-def _stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([\w-]+)'", output))
 
 
 @pytest.fixture(scope="module")
