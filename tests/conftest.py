@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tiny_models import TINY_SIZE, save_tiny_model
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 
@@ -47,9 +49,6 @@ def base_model_dir() -> Path:
 # Tiny random-weight models and a few worked examples, for tests that train
 # ---------------------------------------------------------------------------------------------------
 
-# The embedded model's architecture scaled down so that a training step takes well under a second.
-TINY_SIZE = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 2}
 WORKED_QUESTIONS = [("Tom has 3 apples and buys 4 more. How many apples?", "3 + 4 = 7", "7"),
                     ("A box holds 12 pens. 5 are taken. How many are left?", "12 - 5 = 7", "7"),
                     ("Each bag has 6 eggs. How many eggs are in 2 bags?", "6 * 2 = 12", "12"),
@@ -66,17 +65,7 @@ def tiny_size() -> dict[str, int]:
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, base_model_dir: Path) -> Path:
     """models/base's Llama config scaled down to `TINY_SIZE` (head_dim 8), random weights (seed 0),
     saved with the embedded tokenizer and generation config. Tests only read it."""
-    import torch
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig, LlamaForCausalLM
-
-    config = AutoConfig.from_pretrained(base_model_dir)
-    config.update({**TINY_SIZE, "head_dim": 8})
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(base_model_dir).save_pretrained(folder)
-    GenerationConfig.from_pretrained(base_model_dir).save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_llama"), base_model_dir)
 
 
 @pytest.fixture(scope="session")

@@ -60,6 +60,13 @@ def _edit_params(root: Path, edit) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def _use_params(root: Path, edit) -> None:
+    """Edit valid params and resolve them as dvc.yaml's params stage (which runs first) would, for
+    tests that start a stage by hand."""
+    _edit_params(root, edit)
+    config.write_resolved(root)
+
+
 def _results_untouched(root: Path) -> None:
     for folder in ("probe", "eval"):
         assert (root / "results" / folder / "metrics.json").read_text() == GOOD_METRICS
@@ -115,8 +122,7 @@ def test_unreadable_params_file_is_named(scratch: Path) -> None:
 ])
 def test_model_import_names_the_model_and_the_fix(scratch: Path, tmp_path_factory, pretrained: str,
                                                   expected: str) -> None:
-    _edit_params(scratch, lambda p: p["model"].update(source="pretrained", pretrained=pretrained))
-    config.write_resolved(scratch)  # dvc.yaml's params stage, which runs before import_model
+    _use_params(scratch, lambda p: p["model"].update(source="pretrained", pretrained=pretrained))
     good = scratch / "models" / "base"
     good.mkdir(parents=True)
     (good / "config.json").write_text('{"good": 1}')
@@ -131,8 +137,7 @@ def test_model_import_names_the_model_and_the_fix(scratch: Path, tmp_path_factor
 
 @pytest.mark.slow
 def test_stage_with_a_missing_model_keeps_results(scratch: Path, data_dir: Path) -> None:
-    _edit_params(scratch, lambda p: p["probe"].update(models={"ghost": "models/ghost"}))
-    config.write_resolved(scratch)  # dvc.yaml's params stage, which runs first
+    _use_params(scratch, lambda p: p["probe"].update(models={"ghost": "models/ghost"}))
     shutil.copytree(data_dir, scratch / "data")
     result = _cli(["r1repro.stage", "probe"], scratch)
     assert result.returncode == 1
@@ -145,8 +150,7 @@ def test_stage_with_a_missing_model_keeps_results(scratch: Path, data_dir: Path)
 
 @pytest.mark.slow
 def test_stage_with_a_missing_dataset_file_keeps_results(scratch: Path, data_dir: Path) -> None:
-    _edit_params(scratch, lambda p: p["probe"]["questions"].update(file="train/nope.jsonl"))
-    config.write_resolved(scratch)  # dvc.yaml's params stage, which runs first
+    _use_params(scratch, lambda p: p["probe"]["questions"].update(file="train/nope.jsonl"))
     shutil.copytree(data_dir, scratch / "data")
     result = _cli(["r1repro.stage", "probe"], scratch)
     assert result.returncode == 1
@@ -160,8 +164,7 @@ def test_stage_with_rows_lacking_a_field_names_the_key(scratch: Path, data_dir: 
     """Through the rl notebook: the error says which params entry (rl.prompts) points at the bad file."""
     shutil.copytree(data_dir, scratch / "data")
     (scratch / "data" / "train" / "no_answers.jsonl").write_text('{"problem": "1 + 1?"}\n')
-    _edit_params(scratch, lambda p: p["rl"]["prompts"].update(file="train/no_answers.jsonl"))
-    config.write_resolved(scratch)  # dvc.yaml's params stage, which runs first
+    _use_params(scratch, lambda p: p["rl"]["prompts"].update(file="train/no_answers.jsonl"))
     result = _cli(["r1repro.stage", "rl"], scratch)
     assert result.returncode == 1
     assert ("rl.prompts.file: data/train/no_answers.jsonl:1: row lacks answer "

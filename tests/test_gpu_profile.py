@@ -20,6 +20,7 @@ from r1repro.generation import ENGINE_LOG_ENV
 from r1repro.pipeline import PIPELINE
 
 from repo_copy import make_copy, run, stages_run
+from tiny_models import save_tiny_model
 
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2}
@@ -41,25 +42,6 @@ def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
         else:
             out[dotted] = value
     return out
-
-
-def _save_tiny(folder: Path, family: str, base_model_dir: Path) -> Path:
-    """A random model of `family` at TINY size, with the embedded tokenizer (any tokenizer will do)."""
-    import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, \
-        Qwen2ForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    config_class, model_class = {"qwen2": (Qwen2Config, Qwen2ForCausalLM),
-                                 "llama": (LlamaConfig, LlamaForCausalLM)}[family]
-    config = config_class(**TINY, vocab_size=len(tokenizer), tie_word_embeddings=True,
-                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    model_class(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    GenerationConfig.from_pretrained(base_model_dir).save_pretrained(folder)
-    return folder
 
 
 def _math_like_train_file(path: Path, data_dir: Path) -> Path:
@@ -159,8 +141,8 @@ def test_every_key_a_gpu_profile_sets_is_a_tracked_param_of_some_stage(repo_root
 def test_gpu_profile_runs_end_to_end_on_cpu(tmp_path_factory: pytest.TempPathFactory, repo_root: Path,
                                              data_dir: Path, base_model_dir: Path, monkeypatch) -> None:
     stand_ins = tmp_path_factory.mktemp("gpu_stand_ins")
-    tiny_qwen = _save_tiny(stand_ins / "tiny_qwen2", "qwen2", base_model_dir)
-    tiny_llama = _save_tiny(stand_ins / "tiny_llama", "llama", base_model_dir)
+    tiny_qwen = save_tiny_model(stand_ins / "tiny_qwen2", base_model_dir, "qwen2", TINY)
+    tiny_llama = save_tiny_model(stand_ins / "tiny_llama", base_model_dir, "llama", TINY)
     math_train = _math_like_train_file(stand_ins / "math_train.jsonl", data_dir)
     profile = _profile(repo_root, "gpu")
     teacher = _cold_started_teacher(stand_ins / "teacher", base_model_dir, data_dir, profile["distill"]["template"])
@@ -265,8 +247,8 @@ def test_gpu_lock_resolves_against_the_registry(repo_root: Path) -> None:
     assert all("==" in pin for pin in pins), [p for p in pins if "==" not in p]
     names = {pin.split("==")[0] for pin in pins}
     assert {"torch", "transformers", "trl", "vllm", "deepspeed", "peft", "accelerate"} <= names
-    result = subprocess.run([sys.executable, "-m", "pip", "install", "--isolated", "--dry-run",
-                             "--ignore-installed", "--quiet", "-r", str(lock)],
+    # The Makefile holds the pip command; PY: this interpreter, whichever venv runs the tests.
+    result = subprocess.run(["make", "-s", "-C", str(repo_root), "lock-gpu-check", f"PY={sys.executable}"],
                             capture_output=True, text=True, timeout=1200)
     if result.returncode and any(s in result.stderr for s in ("NewConnectionError", "Network is unreachable",
                                                               "Temporary failure in name resolution")):

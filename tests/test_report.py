@@ -13,6 +13,7 @@ import pytest
 from r1repro import report
 from r1repro.io import atomic_write_json
 from r1repro.pipeline import result_folders, stage as pipeline_stage
+from r1repro.stage_metrics import RlRunMetrics
 
 RESULT_FOLDERS = result_folders()
 
@@ -210,20 +211,26 @@ def test_dev_run_writes_beside_the_dev_folders(tmp_path):
     assert "eval/plots/mean_at_k.png" in links(dest.read_text())
 
 
+def rl_run(heldout: dict, change: float, paired: dict | None = None) -> RlRunMetrics:
+    """One run's metrics as the RL stage writes them, with only what the report reads filled in."""
+    return RlRunMetrics(loss_type="dr_grpo", scale_rewards="none", seeds=[0], steps=2, heldout=heldout,
+                        heldout_by_seed={"0": heldout}, heldout_change=change,
+                        heldout_change_paired=paired or {}, late_training={})
+
+
 def test_rl_change_reads_with_its_paired_interval_and_verdict():
     from r1repro import report
 
-    runs = {"dr_grpo": {"heldout": {"accuracy": 0.3}, "heldout_change": 0.125,
-                        "heldout_change_paired": {"change": 0.125, "change_low": 0.03125,
-                                                  "change_high": 0.21875, "fixed": 5, "broke": 1,
-                                                  "sign_test_p": 0.21875}},
-            "grpo": {"heldout": {"accuracy": 0.2}, "heldout_change": 0.0}}
+    runs = {"dr_grpo": rl_run({"accuracy": 0.3}, 0.125,
+                              {"change": 0.125, "change_low": 0.03125, "change_high": 0.21875,
+                               "fixed": 5, "broke": 1, "sign_test_p": 0.21875}),
+            "grpo": rl_run({"accuracy": 0.2}, 0.0)}
     assert report.change_text(runs["dr_grpo"]) == "+12.5 pts [+3.1, +21.9] (5/1), sign test p=0.22"
     assert report.change_text(runs["grpo"]) == "+0.0 pts"
-    assert report.change_text({}) == "n/a"
+    assert report.change_text(rl_run({}, float("nan"))) == "n/a"
     findings = "\n".join(report.rl_findings({"accuracy": 0.2, "n": 32}, runs))
     assert "excludes 0 for dr_grpo" in findings
-    runs["dr_grpo"]["heldout_change_paired"]["change_low"] = -0.03
+    runs["dr_grpo"].heldout_change_paired["change_low"] = -0.03
     assert "Every interval includes 0" in "\n".join(report.rl_findings({"accuracy": 0.2}, runs))
     line = report.prompt_filter_line({"kept": 29, "candidates": 128, "mean_pass_rate_candidates": 0.127,
                                       "mean_pass_rate_kept": 0.45})
@@ -259,3 +266,10 @@ def _protocol(stage: str, wall_s: float) -> dict:
     return {"stage": stage, "params": {}, "common": {"seed": 1, "dtype": "float32"}, "libraries": {},
             "wall_s": wall_s, "hardware": {"cpu_model": "Test CPU", "cpu_count": 2, "torch_threads": 2,
                                            "cpu_native_bf16": False, "cpu_flags": {"avx2": True, "amx_bf16": False}}}
+
+
+def test_a_metrics_file_missing_a_field_is_named_with_the_fix(tmp_path):
+    results = smoke_results(tmp_path)
+    atomic_write_json(results / "rl" / "metrics.json", {"start": {"accuracy": 0.1}, "headline": {}})
+    with pytest.raises(ValueError, match=r"rl/metrics.json: not a RlMetrics .*'runs'.*dvc repro rl"):
+        report.build_report(results)

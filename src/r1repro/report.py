@@ -4,7 +4,8 @@
 
 It is the pipeline's last stage (`report` in dvc.yaml), whose deps are every stage's `metrics.json`
 and `protocol.json`: rerunning any stage makes the report stale, and `dvc repro` rebuilds it. Every
-number is read from a stage's `metrics.json`, every setting and library version from its
+number is read from a stage's `metrics.json` (the training stages' through the typed classes of
+`r1repro.stage_metrics` that wrote them), every setting and library version from its
 `protocol.json`; nothing is recomputed here. A stage whose folder or numbers are missing (a stage not
 run yet, a smoke run with no distillation student) reads "not run" instead of failing.
 
@@ -21,10 +22,13 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from r1repro.io import atomic_write_text
 from r1repro.pipeline import RESULTS_DIR, result_folders, stage as pipeline_stage
+from r1repro.stage_metrics import DistillMetrics, RlMetrics, RlRunMetrics, SftMetrics, StageMetrics
+
+M = TypeVar("M", bound=StageMetrics)
 
 REPORT_NAME = "REPORT.md"
 NOT_RUN = "not run"
@@ -43,6 +47,21 @@ class StageFolder:
         """A JSON file of the folder, or None when it is missing."""
         file = self.path / name
         return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+
+    def metrics(self, cls: type[M]) -> M | None:
+        """The stage's metrics.json as the `stage_metrics` class that wrote it; None when missing.
+
+        Raises:
+            ValueError: the file lacks a field of `cls` (written by older code: rerun the stage).
+        """
+        data = self.json("metrics.json")
+        if data is None:
+            return None
+        try:
+            return cls.from_json(data)
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{self.path / 'metrics.json'}: not a {cls.__name__} ({err}); rerun the "
+                             f"{self.stage} stage (dvc repro {self.stage})") from err
 
 
 def stage_folders(results_dir: Path) -> dict[str, StageFolder]:
@@ -153,15 +172,15 @@ def _overlap(summaries: list[dict]) -> bool:
     return max(lows) <= min(highs)
 
 
-def rl_findings(start: dict, runs: dict[str, dict]) -> list[str]:
+def rl_findings(start: dict, runs: dict[str, RlRunMetrics]) -> list[str]:
     """The bullet points of the GRPO vs Dr. GRPO comparison, worded from the numbers."""
-    heldout = [r.get("heldout", {}) for r in runs.values()]
+    heldout = [r.heldout for r in runs.values()]
     n = start.get("n", heldout[0].get("n") if heldout else "?")
-    after = "; ".join(f"{name} {pct_ci(r.get('heldout', {}))}" for name, r in runs.items())
+    after = "; ".join(f"{name} {pct_ci(r.heldout)}" for name, r in runs.items())
     verdict = (" The intervals overlap: no difference is resolved at this size."
                if _overlap([start] + heldout) else "")
-    late = [(name, r.get("late_training", {})) for name, r in runs.items()]
-    paired = [(name, r["heldout_change_paired"]) for name, r in runs.items() if r.get("heldout_change_paired")]
+    late = [(name, r.late_training) for name, r in runs.items()]
+    paired = [(name, r.heldout_change_paired) for name, r in runs.items() if r.heldout_change_paired]
     resolved = [name for name, c in paired if not _missing(c.get("change_low")) and
                 (c["change_low"] > 0 or c.get("change_high", 0) < 0)]
     change = ([f"- Change from the start, paired over the same questions: "
@@ -182,30 +201,30 @@ def rl_findings(start: dict, runs: dict[str, dict]) -> list[str]:
 def rl_section(folder: StageFolder) -> list[str]:
     """GRPO vs Dr. GRPO: each run's knobs, held-out accuracy before and after, late-training diagnostics."""
     lines = ["## GRPO vs Dr. GRPO", ""]
-    m = folder.json("metrics.json")
-    if not m or not m.get("runs"):
+    m = folder.metrics(RlMetrics)
+    if not m or not m.runs:
         return lines + [not_run(f"no runs in {folder.path.name}/metrics.json" if m else
                                 f"no {folder.path.name}/metrics.json")]
-    start, runs = m.get("start", {}), m["runs"]
+    start, runs = m.start, m.runs
     rows = []
     for name, r in runs.items():
-        late = r.get("late_training", {})
-        rows.append([name, f"`{r.get('loss_type')}`", f"`{r.get('scale_rewards')}`", num(r.get("steps")),
-                     pct_ci(start), pct_ci(r.get("heldout", {})), change_text(r),
+        late = r.late_training
+        rows.append([name, f"`{r.loss_type}`", f"`{r.scale_rewards}`", num(r.steps),
+                     pct_ci(start), pct_ci(r.heldout), change_text(r),
                      num(late.get("mean_length_incorrect")), pct(late.get("zero_std_share")),
                      num(late.get("reward"), 2)])
     header = ["run", "loss_type", "scale_rewards", "steps", "held-out before", "held-out after",
               "change [paired 95% interval] (fixed/broke), sign test", "late len. incorrect (tokens)",
               "late zero-std share", "late reward"]
-    return lines + rl_findings(start, runs) + prompt_filter_line(m.get("prompt_filter")) + [
+    return lines + rl_findings(start, runs) + prompt_filter_line(m.prompt_filter) + [
         "", md_table(header, rows), "", "Late: mean over the second half of training steps."]
 
 
-def change_text(run: dict) -> str:
+def change_text(run: RlRunMetrics) -> str:
     """`+9.4 pts [+3.1, +15.6] (3/0), sign test p=0.25`: the held-out change, its paired interval,
     answers fixed/broken, and the sign test of fixed against broken (when recorded)."""
-    paired = run.get("heldout_change_paired") or {}
-    change = paired.get("change", run.get("heldout_change"))
+    paired = run.heldout_change_paired or {}
+    change = paired.get("change", run.heldout_change)
     if _missing(change):
         return "n/a"
     text = f"{100 * change:+.1f} pts"
@@ -230,10 +249,10 @@ def prompt_filter_line(summary: dict | None) -> list[str]:
 def distill_section(folder: StageFolder) -> list[str]:
     """Rejection-sampled traces (the funnel) and each student's held-out accuracy before and after."""
     lines = ["## Distillation", ""]
-    m = folder.json("metrics.json")
+    m = folder.metrics(DistillMetrics)
     if not m:
         return lines + [not_run(f"no {folder.path.name}/metrics.json")]
-    t = m.get("traces", {})
+    t = m.traces
     teacher = (folder.json("protocol.json") or {}).get("teacher")
     if t:
         who = f"Teacher `{teacher}`" if teacher else "Teacher"
@@ -244,7 +263,7 @@ def distill_section(folder: StageFolder) -> list[str]:
         lines += [f"{who}: {num(t.get('kept'))} of {num(t.get('sampled'))} samples kept "
                   f"({pct(t.get('acceptance_rate'))}), covering {num(t.get('questions_kept'))} questions, "
                   f"{num(t.get('mean_tokens'))} tokens on average. Rejected: {rejected}.", ""]
-    students = m.get("students") or {}
+    students = m.students
     if not students:
         return lines + ["Students: " + not_run("no student in this run's params")]
     rows = [[label + (f" ({s['note']})" if s.get("note") else ""), f"`{s.get('start')}`",
@@ -289,10 +308,10 @@ def earlier_section(folders: dict[str, StageFolder]) -> list[str]:
                          + f" (n={probe.get('n_questions')} questions).")
     else:
         lines.append("- Probe: " + not_run("no probe metrics"))
-    sft = folders["sft"].json("metrics.json")
-    if sft and sft.get("after"):
-        b, a = sft.get("before", {}), sft["after"]
-        lines.append(f"- Cold-start SFT on {sft.get('training', {}).get('examples')} examples: format "
+    sft = folders["sft"].metrics(SftMetrics)
+    if sft:
+        b, a = sft.before, sft.after
+        lines.append(f"- Cold-start SFT on {sft.training.get('examples')} examples: format "
                      f"{pct(b.get('format_rate'))} -> {pct(a.get('format_rate'))}, held-out accuracy "
                      f"{pct_ci(b)} -> {pct_ci(a)} (greedy, n={a.get('n')}).")
     else:

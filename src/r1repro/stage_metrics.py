@@ -13,11 +13,19 @@ n, accuracy with accuracy_low/high, format_rate, truncated, mean_tokens. Every p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping, Sequence, TypeVar
 
 HeldoutSummary = dict[str, Any]   # evaluation.heldout_summary
 PairedChange = dict[str, Any]     # evaluation.paired_change / paired_change_over_seeds
+T = TypeVar("T")
+
+
+def _fields_of(cls: type[T], data: Mapping[str, Any]) -> T:
+    """`cls` from the entries of a metrics.json dict that are its fields (the file also holds the
+    headline, which is derived). A missing field raises TypeError naming it."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass
@@ -29,6 +37,11 @@ class StageMetrics:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls: type[T], data: Mapping[str, Any]) -> T:
+        """The metrics back from the dict `to_json` wrote (what the report reads)."""
+        return _fields_of(cls, data)
 
 
 @dataclass
@@ -69,6 +82,10 @@ class RlRunMetrics:
     heldout_change_paired: PairedChange        # over questions, seeds averaged per question
     late_training: dict[str, float]            # second half of training, averaged over seeds
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "RlRunMetrics":
+        return _fields_of(cls, data)
+
 
 @dataclass
 class RlMetrics(StageMetrics):
@@ -90,6 +107,11 @@ class RlMetrics(StageMetrics):
         if data["prompt_filter"] is None:
             data.pop("prompt_filter")
         return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "RlMetrics":
+        runs = {name: RlRunMetrics.from_json(run) for name, run in data["runs"].items()}
+        return cls(start=data["start"], runs=runs, prompt_filter=data.get("prompt_filter"))
 
 
 def rl_metrics(cfg: Any, start: HeldoutSummary, after: Mapping[str, HeldoutSummary],
