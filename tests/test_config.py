@@ -223,11 +223,12 @@ def test_adjacent_row_ranges_and_other_splits_do_not_clash() -> None:
 
 def test_no_evaluation_column_of_the_cpu_default_rests_on_fewer_than_30_questions(repo_root: Path) -> None:
     # n=2-8 columns gave intervals as wide as the whole scale (0.0 [0.0, 0.0] on 2 AIME questions).
+    from r1repro.data import load_subset
+
     params = load_params(repo_root, profile="none")
     evaluate = params.evaluate
     for name, bench in evaluate.benchmarks.items():
-        rows = (repo_root / params.common.data_dir / bench.file).read_text().count("\n") - bench.offset
-        greedy = min(rows, bench.limit or rows)
+        greedy = len(load_subset(repo_root / params.common.data_dir, bench))  # the rows the stage reads
         sampled = min(greedy, evaluate.sampled_limit or greedy)
         assert greedy >= 30, f"evaluate.benchmarks.{name}: {greedy} questions"
         assert sampled >= 30, f"evaluate: {name} sampled on {sampled} questions (sampled_limit)"
