@@ -82,10 +82,6 @@ class RlRunMetrics:
     heldout_change_paired: PairedChange        # over questions, seeds averaged per question
     late_training: dict[str, float]            # second half of training, averaged over seeds
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "RlRunMetrics":
-        return _fields_of(cls, data)
-
 
 @dataclass
 class RlMetrics(StageMetrics):
@@ -110,7 +106,7 @@ class RlMetrics(StageMetrics):
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "RlMetrics":
-        runs = {name: RlRunMetrics.from_json(run) for name, run in data["runs"].items()}
+        runs = {name: _fields_of(RlRunMetrics, run) for name, run in data["runs"].items()}
         return cls(start=data["start"], runs=runs, prompt_filter=data.get("prompt_filter"))
 
 
