@@ -164,7 +164,7 @@ def test_stage_with_rows_lacking_a_field_names_the_key(scratch: Path, data_dir: 
     """Through the rl notebook: the error says which params entry (rl.prompts) points at the bad file."""
     shutil.copytree(data_dir, scratch / "data")
     (scratch / "data" / "train" / "no_answers.jsonl").write_text('{"problem": "1 + 1?"}\n')
-    _use_params(scratch, lambda p: p["rl"]["prompts"].update(file="train/no_answers.jsonl"))
+    _use_params(scratch, lambda p: p["rl"].update(prompts={"file": "train/no_answers.jsonl"}))
     result = _cli(["r1repro.stage", "rl"], scratch)
     assert result.returncode == 1
     assert ("rl.prompts.file: data/train/no_answers.jsonl:1: row lacks answer "

@@ -161,28 +161,55 @@ class HubQuestions(Section):
     where: dict[str, list[str | int]] = {}
 
 
+class SyntheticQuestions(Section):
+    """A generated question pool (r1repro.synthetic_tasks): the same `size` rows for the same `seed`."""
+
+    task: str = Field(description="a task of r1repro.synthetic_tasks.TASKS, e.g. word_ops")
+    seed: int = Field(0, description="the generator's seed (not common.seed: the pool is data, fixed)")
+    size: int = Field(1800, ge=1, description="rows in the pool; offset/limit select from them")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, name: str) -> str:
+        from r1repro.synthetic_tasks import TASKS
+
+        if name not in TASKS:
+            raise ValueError(f"unknown synthetic task {name!r}; valid: {', '.join(TASKS)}")
+        return name
+
+
+# The keys that name where a subset's rows come from; exactly one is set.
+SUBSET_SOURCES = ("file", "hub", "synthetic")
+
+
 class BenchmarkSubset(Section):
-    """A question file under data/ (or a `hub` dataset), and which rows to use: `limit` from `offset` on.
+    """A question file under data/ (or a `hub` dataset, or a `synthetic` generated pool), and which
+    rows to use: `limit` from `offset` on.
 
     Offsets keep splits disjoint: training prompts from the start of a file, held-out ones from later.
     """
 
     file: str | None = Field(None, description="a JSONL file under common.data_dir")
     hub: HubQuestions | None = Field(None, description="instead of `file`: a datasets dataset")
+    synthetic: SyntheticQuestions | None = Field(None, description="instead of `file`: a generated task")
     limit: int | None = Field(None, ge=1, description="rows to use (None: all)")
     offset: int = Field(0, ge=0, description="rows to skip first")
 
     @model_validator(mode="after")
     def _one_source(self) -> "BenchmarkSubset":
-        if (self.file is None) == (self.hub is None):
-            raise ValueError("give exactly one of `file` (a JSONL file under data/) and `hub` (a dataset id "
-                             "or local dataset path)")
+        if sum(getattr(self, key) is not None for key in SUBSET_SOURCES) != 1:
+            raise ValueError("give exactly one of `file` (a JSONL file under data/), `hub` (a dataset id "
+                             "or local dataset path) and `synthetic` (a generated task)")
         return self
 
     @property
     def source(self) -> str:
         """What the rows come from, for messages and tables."""
-        return self.file if self.file is not None else f"hub:{self.hub.id}"
+        if self.file is not None:
+            return self.file
+        if self.hub is not None:
+            return f"hub:{self.hub.id}"
+        return f"synthetic:{self.synthetic.task}"
 
     def rows_text(self) -> str:
         """The row range, for messages: `rows 0-1199`, `rows 1200-`."""
@@ -192,12 +219,18 @@ class BenchmarkSubset(Section):
     def shares_rows_with(self, other: "BenchmarkSubset") -> bool:
         """Whether both read the same source (file, or hub dataset with its split and filter) and
         their `offset`/`limit` ranges intersect."""
-        same = (self.file == other.file if self.file is not None
-                else other.hub is not None and self.hub.model_dump() == other.hub.model_dump())
+        same = all((getattr(self, key) is None and getattr(other, key) is None)
+                   or (getattr(self, key) is not None and getattr(other, key) is not None
+                       and _dumped(getattr(self, key)) == _dumped(getattr(other, key)))
+                   for key in SUBSET_SOURCES)
         if not same:
             return False
         end, other_end = (s.offset + s.limit if s.limit else float("inf") for s in (self, other))
         return self.offset < other_end and other.offset < end
+
+
+def _dumped(value: Any) -> Any:
+    return value.model_dump() if isinstance(value, BaseModel) else value
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -510,6 +543,8 @@ class Splits(Section):
     """
 
     file: str = Field(description="the question file under common.data_dir that the split divides")
+    tasks: list[str] = Field([], description="generated tasks (synthetic.task) whose pools the same row "
+                             "ranges divide, e.g. [word_ops]")
     train: SplitRange
     dev: SplitRange
     test: SplitRange
@@ -525,6 +560,12 @@ class Splits(Section):
                 raise ValueError(f"splits.{a} ({ra.text()}) and splits.{b} ({rb.text()}) overlap: "
                                  "give the three splits disjoint row ranges")
         return self
+
+    def divides(self, subset: BenchmarkSubset) -> bool:
+        """Whether `subset` reads the split file or a pool of one of the split's generated tasks."""
+        if subset.synthetic is not None:
+            return subset.synthetic.task in self.tasks
+        return subset.file == self.file
 
 
 class ReportParams(Section):
@@ -568,14 +609,16 @@ class Params(Section):
             return self
         split = self.splits
         wanted = getattr(split, split.report_on)
-        problems = [f"{key} ({subset.rows_text()}) lies outside splits.train ({split.train.text()})"
+        problems = [f"{key} ({subset.rows_text()}) lies outside splits.train ({split.train.text()}) "
+                    f"of {subset.source}"
                     for key, subset in self.training_subsets().items()
-                    if subset.file == split.file and not split.train.holds(subset)]
-        problems += [f"{key} ({subset.rows_text()}) lies outside splits.{split.report_on} ({wanted.text()})"
+                    if split.divides(subset) and not split.train.holds(subset)]
+        problems += [f"{key} ({subset.rows_text()}) lies outside splits.{split.report_on} ({wanted.text()}) "
+                     f"of {subset.source}"
                      for key, subset in self.reported_subsets().items()
-                     if subset.file == split.file and not wanted.holds(subset)]
+                     if split.divides(subset) and not wanted.holds(subset)]
         if problems:
-            raise ValueError("; ".join(problems) + f" of {split.file}: training rows must come from the "
+            raise ValueError("; ".join(problems) + ": training rows must come from the "
                              f"train split and reported rows from the {split.report_on} split")
         return self
 
@@ -665,8 +708,12 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     """A copy of `base` with `override` merged in, key by key, nested mappings merged too."""
     merged = copy.deepcopy(base)
     for key, value in override.items():
+        # A question subset that names its source replaces the base entry whole: a profile's MATH
+        # prompts must not inherit the default's generated-task pool (two sources) or its row range.
+        names_source = (isinstance(value, dict) and set(value) <= set(BenchmarkSubset.model_fields)
+                        and any(value.get(k) is not None for k in SUBSET_SOURCES))
         if (isinstance(value, dict) and isinstance(merged.get(key), dict)
-                and key not in REPLACED_COLLECTIONS):
+                and key not in REPLACED_COLLECTIONS and not names_source):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)

@@ -267,7 +267,8 @@ def load_jsonl(path: Path | str, limit: int | None = None, offset: int = 0, *,
 
 
 def load_subset(data_dir: Path | str, subset, key: str | None = None) -> list[dict]:
-    """The rows a params entry `{file | hub, limit, offset}` selects (a file under `data_dir`, or a dataset).
+    """The rows a params entry `{file | hub | synthetic, limit, offset}` selects (a file under
+    `data_dir`, a dataset, or a generated task's pool).
 
     Args:
         data_dir: the data folder (params `common.data_dir`).
@@ -284,6 +285,12 @@ def load_subset(data_dir: Path | str, subset, key: str | None = None) -> list[di
             rows = load_hub_questions(subset.hub)
         except DataError as err:
             raise DataError(f"{key}.{err}" if key else str(err)) from err
+        return _window(rows, subset.limit, subset.offset, f"{key}.offset" if key else subset.source)
+    if subset.synthetic is not None:
+        from r1repro.synthetic_tasks import generate
+
+        spec = subset.synthetic
+        rows = generate(spec.task, spec.size, spec.seed)
         return _window(rows, subset.limit, subset.offset, f"{key}.offset" if key else subset.source)
     return load_jsonl(Path(data_dir) / subset.file, subset.limit, subset.offset, key=key)
 

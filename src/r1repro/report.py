@@ -172,10 +172,11 @@ def _overlap(summaries: list[dict]) -> bool:
     return max(lows) <= min(highs)
 
 
-def rl_findings(start: dict, runs: dict[str, RlRunMetrics]) -> list[str]:
+def rl_findings(start: dict, runs: dict[str, RlRunMetrics], heldout_set: str | None = None) -> list[str]:
     """The bullet points of the GRPO vs Dr. GRPO comparison, worded from the numbers."""
     heldout = [r.heldout for r in runs.values()]
     n = start.get("n", heldout[0].get("n") if heldout else "?")
+    n = f"{n}, {heldout_set}" if heldout_set else n
     after = "; ".join(f"{name} {pct_ci(r.heldout)}" for name, r in runs.items())
     verdict = (" The intervals overlap: no difference is resolved at this size."
                if _overlap([start] + heldout) else "")
@@ -216,7 +217,7 @@ def rl_section(folder: StageFolder) -> list[str]:
     header = ["run", "loss_type", "scale_rewards", "steps", "held-out before", "held-out after",
               "change [paired 95% interval] (fixed/broke), sign test", "late len. incorrect (tokens)",
               "late zero-std share", "late reward"]
-    return lines + rl_findings(start, runs) + prompt_filter_line(m.prompt_filter) + [
+    return lines + rl_findings(start, runs, m.heldout_set) + prompt_filter_line(m.prompt_filter) + [
         "", md_table(header, rows), "", "Late: mean over the second half of training steps."]
 
 

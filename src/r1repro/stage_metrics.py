@@ -90,6 +90,8 @@ class RlMetrics(StageMetrics):
     start: HeldoutSummary
     runs: dict[str, RlRunMetrics]
     prompt_filter: dict[str, Any] | None = None
+    # Which questions the held-out checks answer, e.g. "synthetic:word_ops rows 600-855"
+    heldout_set: str | None = None
     training_rollouts: dict[str, Any] = field(default_factory=dict)
 
     def headline(self) -> dict[str, Any]:
@@ -100,14 +102,16 @@ class RlMetrics(StageMetrics):
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("training_rollouts")  # wall-clock facts go to protocol.json, metrics stay reproducible
-        if data["prompt_filter"] is None:
-            data.pop("prompt_filter")
+        for optional in ("prompt_filter", "heldout_set"):
+            if data[optional] is None:
+                data.pop(optional)
         return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "RlMetrics":
         runs = {name: _fields_of(RlRunMetrics, run) for name, run in data["runs"].items()}
-        return cls(start=data["start"], runs=runs, prompt_filter=data.get("prompt_filter"))
+        return cls(start=data["start"], runs=runs, prompt_filter=data.get("prompt_filter"),
+                   heldout_set=data.get("heldout_set"))
 
 
 def rl_metrics(cfg: Any, start: HeldoutSummary, after: Mapping[str, HeldoutSummary],
@@ -140,7 +144,9 @@ def rl_metrics(cfg: Any, start: HeldoutSummary, after: Mapping[str, HeldoutSumma
             late_training={k: float(v) for k, v in late_run.mean().items()})
     rollouts = [d for r in results.values() for d in r.diagnostics if d.get("step", 0) > 0]
     per_step = cfg.prompts_per_step * cfg.num_generations
-    return RlMetrics(start=start, runs=runs, prompt_filter=prompt_filter, training_rollouts={
+    heldout_set = f"{cfg.heldout.source} {cfg.heldout.rows_text()}" if cfg.heldout is not None else None
+    return RlMetrics(start=start, runs=runs, prompt_filter=prompt_filter, heldout_set=heldout_set,
+                     training_rollouts={
         "tokens": int(sum((d.get("mean_length") or 0) * per_step for d in rollouts)),
         "seconds": round(sum(d.get("step_time_s") or 0 for d in rollouts), 1),
         "note": "TRL's own rollouts during training; seconds are whole training steps"})
