@@ -95,7 +95,11 @@ def size_overrides(profile: dict, tiny_qwen: Path, tiny_llama: Path, math_train:
         # Worked answers longer than the SFT stage's budget are dropped: keep it long enough for them.
         "sft": {"train_examples": 8, "heldout": {"limit": 4},
                 "eval_sampling": {**greedy, "max_new_tokens": 128}},
-        "rl": {"prompts": {"hub": {"id": str(math_train)}}, "heldout": {"limit": 3}, "eval_steps": 1,
+        # A subset that names its source replaces the profile's entry whole (config.deep_merge): the
+        # MATH prompts keep their columns and level filter with only the id swapped.
+        "rl": {"prompts": {**profile["rl"]["prompts"],
+                           "hub": {**profile["rl"]["prompts"]["hub"], "id": str(math_train)}},
+               "heldout": {"limit": 3}, "eval_steps": 1,
                "eval_limit": 2, "eval_sampling": greedy, "max_steps": 2, "num_generations": 4,
                "prompts_per_step": 2, "micro_batch_size": 4, "max_completion_length": budget,
                "save_steps": 1},
