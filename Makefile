@@ -19,9 +19,16 @@ VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat requirements-vllm.lock pyproje
 # The JupyterLab browser test (tests/test_lab.py) drives Debian's Chromium through its chromedriver.
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# The device check (bench/device_check.sh): the wheels it carries to a lent GPU machine (CPython 3.12), and
+# for its CPU dry run a venv holding only what that machine's image has, with the same wheels for 3.11.
+DEVICE_WHEELS ?= bench/wheels
+DRY_VENV ?= .venv-device-dry
+DRY_WHEELS ?= .wheels-cp311
+# Rebuilt when the lock or the image's package list (IMAGE, IMAGE_PROVIDED in bench/device_wheels.py) changes.
+DRY_STAMP := $(DRY_VENV)/.installed-$(shell { cat requirements-gpu.lock; grep -E '^IMAGE(_PROVIDED)? = ' bench/device_wheels.py; } 2>/dev/null | md5sum | cut -c1-12)
 TEST_ENV := R1REPRO_VLLM_PYTHON="$(CURDIR)/$(VLLM_VENV)/bin/python" R1REPRO_REQUIRE_VLLM=1 HF_HUB_OFFLINE=1
 
-.PHONY: help venv venv-vllm venv-gpu lock-gpu-check device-check-dry data model repro repro-gpu deps chromium test test-fast lab kernel compare strip clean-venv
+.PHONY: help venv venv-vllm venv-gpu lock-gpu-check device-wheels device-check-dry data model repro repro-gpu deps chromium test test-fast lab kernel compare strip clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,9 +69,11 @@ data: venv ## restore data/ (DVC remote, else ../shared/datasets mirror) and ver
 model: venv data ## import the embedded base model into models/base (safetensors)
 	$(RUN) dvc repro import_model
 
+# prerequisites: Python, the NVIDIA driver, hub ids or local paths, tokens: fails in seconds, not an hour in.
 repro: venv data ## run the whole pipeline on the embedded CPU default (dvc repro; PROFILE=NAME for another)
 	$(RUN) python -m r1repro.config use $(PROFILE)
 	$(RUN) python -m r1repro.config check
+	$(RUN) python -m r1repro.prerequisites
 	$(RUN) dvc repro
 
 venv-gpu: ## create .venv-gpu with the exact versions in requirements-gpu.lock (CUDA torch, vLLM 0.31, DeepSpeed)
@@ -78,8 +87,21 @@ lock-gpu-check: venv ## check that requirements-gpu.lock resolves against the re
 repro-gpu: ## run the pipeline on the GPU profile (profiles/gpu.yaml; GPU1=1 for profiles/gpu1.yaml) in .venv-gpu
 	$(MAKE) repro PROFILE=$(if $(GPU1),gpu1,gpu) VENV=$(GPU_VENV) LOCK=requirements-gpu.lock
 
-device-check-dry: venv ## dry-run bench/device_check.sh on CPU (every step, tiny sizes), as before a device call
-	$(RUN) bash bench/device_check.sh --dry-run
+device-wheels: venv ## download into bench/wheels what a GPU machine lacks for bench/device_check.sh (<= 56 MiB)
+	$(PY) bench/device_wheels.py download --dest $(DEVICE_WHEELS) --python 3.12
+
+# The stand-in for the GPU image: a fresh venv with torch (the CPU build, as `make venv` gets it),
+# transformers, accelerate and peft at requirements-gpu.lock's versions, and pyarrow, which the image
+# has and which is too large to carry (bench/device_wheels.py). Rebuilt from scratch, never patched.
+$(DRY_STAMP): | venv
+	rm -rf $(DRY_VENV)
+	$(PYTHON) -m venv $(DRY_VENV)
+	$(DRY_VENV)/bin/python -m pip install --quiet -c requirements-gpu.lock $$($(PY) bench/device_wheels.py image)
+	touch $@
+
+device-check-dry: venv device-wheels $(DRY_STAMP) ## run bench/device_check.sh on CPU at toy sizes, in a venv like the GPU image
+	$(PY) bench/device_wheels.py download --dest $(DRY_WHEELS) --python 3.11
+	PYTHON=$(DRY_VENV)/bin/python WHEELS=$(DRY_WHEELS) bash bench/device_check.sh --dry-run
 
 deps: venv ## rewrite each stage's code deps in dvc.yaml from the import graph (python -m r1repro.deps)
 	$(RUN) python -m r1repro.deps --write
@@ -109,5 +131,5 @@ compare: venv ## what the working tree changed against main: metrics, params, an
 strip: venv ## remove outputs from the notebooks in notebooks/
 	$(RUN) nbstripout notebooks/*.ipynb
 
-clean-venv: ## delete .venv, .venv-vllm and .venv-gpu
-	rm -rf $(VENV) $(VLLM_VENV) $(GPU_VENV)
+clean-venv: ## delete .venv, .venv-vllm, .venv-gpu and the device dry run's venv
+	rm -rf $(VENV) $(VLLM_VENV) $(GPU_VENV) $(DRY_VENV)

@@ -14,7 +14,10 @@ roofline (weights + KV cache read per decode step over --bandwidth-gbs), and wri
 is switched off, so there too every row decodes --new-tokens tokens.
 
 Each engine runs the workload --repeats times and is scored on its fastest run: the first run of
-a compiled backend includes compilation (its time is kept as first_seconds).
+a compiled backend includes compilation (its time is kept as first_seconds). The JSON is rewritten
+after every engine ("complete" false until the last), so a run stopped at its time budget keeps what
+it measured; "vllm" says whether vLLM was timed and, if not, whether it is installed. An engine that
+fails is recorded under "errors" and the others still run (the exit status is then 1).
 """
 
 from __future__ import annotations
@@ -157,6 +160,13 @@ def local_model(path: str, args: argparse.Namespace, device: str) -> tuple[Any, 
     return model, tokenizer, model.config.to_dict(), prompts
 
 
+def scored(results: dict[str, dict], roofline: dict[str, float]) -> dict[str, dict]:
+    """Each engine's result with its roofline fraction and its ratio to plain generate."""
+    plain = results["plain_generate"]["tokens_per_s"]
+    return {name: {**r, "roofline_fraction": r["tokens_per_s"] / roofline["max_tokens_per_s"],
+                   "ratio_vs_plain": r["tokens_per_s"] / plain} for name, r in results.items()}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -169,10 +179,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prompts = bench.random_prompts(args.prompts, args.prompt_tokens, arch["vocab_size"], args.seed)
     roofline = bench.decode_roofline(arch, bench.weight_bytes(model), args.dtype, args.prompts,
                                      args.prompt_tokens, args.new_tokens, args.bandwidth_gbs)
+    names = backends(args.backends, device)
+    payload = {"workload": {"prompts": args.prompts, "prompt_tokens": args.prompt_tokens,
+                            "new_tokens": args.new_tokens, "dtype": args.dtype, "tiny": args.tiny,
+                            "model": args.model or "random",
+                            "architecture": arch, "batch_size": args.batch_size or args.prompts,
+                            "repeats": args.repeats, "compile_forced": args.compile, "greedy": True,
+                            "eos": "off"},
+               "roofline": {**roofline, "bandwidth_gbs": args.bandwidth_gbs},
+               # Said outright, so that a GPU result without a vLLM row is not read as vLLM losing.
+               "vllm": "timed" if "vllm" in names else f"not timed (installed: {installed_vllm() or 'no'})",
+               "complete": False, "results": {}, "errors": {}, "fastest_backend": None,
+               "environment": bench.environment(device)}
     results = {"plain_generate": timed_runs(
         lambda: plain_generate(model, tokenizer, prompts, args.new_tokens, args.batch_size or len(prompts)),
         args.repeats, device)}
-    names = backends(args.backends, device)
+    # Written after every engine: a run stopped at its time budget keeps what it measured.
+    bench.write_json(args.out, {**payload, "results": scored(results, roofline)})
     with tempfile.TemporaryDirectory() as tmp:
         if "vllm" in names:  # vLLM loads its own copy from disk
             model.save_pretrained(tmp)
@@ -183,25 +206,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 gc.collect()
                 if device.startswith("cuda"):
                     torch.cuda.empty_cache()
-            results[name] = project_backend(name, model, tokenizer, args, prompts, device, Path(tmp))
-    for r in results.values():
-        r["roofline_fraction"] = r["tokens_per_s"] / roofline["max_tokens_per_s"]
-        r["ratio_vs_plain"] = r["tokens_per_s"] / results["plain_generate"]["tokens_per_s"]
+            try:
+                results[name] = project_backend(name, model, tokenizer, args, prompts, device, Path(tmp))
+            except Exception as err:  # one broken engine must not cost the others' numbers (a device run is one shot)
+                payload["errors"][name] = f"{type(err).__name__}: {err}"
+                print(f"{name}: FAILED: {payload['errors'][name]}")
+            bench.write_json(args.out, {**payload, "results": scored(results, roofline)})
+    results = scored(results, roofline)
     fastest = max((n for n in results if n != "plain_generate"), key=lambda n: results[n]["tokens_per_s"],
                   default=None)
-    payload = {"workload": {"prompts": args.prompts, "prompt_tokens": args.prompt_tokens,
-                            "new_tokens": args.new_tokens, "dtype": args.dtype, "tiny": args.tiny,
-                            "model": args.model or "random",
-                            "architecture": arch, "batch_size": args.batch_size or args.prompts,
-                            "repeats": args.repeats, "compile_forced": args.compile, "greedy": True,
-                            "eos": "off"},
-               "roofline": {**roofline, "bandwidth_gbs": args.bandwidth_gbs},
-               "results": results, "fastest_backend": fastest, "environment": bench.environment(device)}
+    payload.update(results=results, fastest_backend=fastest, complete=True)
     report(results, roofline)
     ratio = f" (x{results[fastest]['ratio_vs_plain']:.2f} vs plain generate)" if fastest else ""
+    print(f"vLLM: {payload['vllm']}")
     print(f"fastest project backend: {fastest}{ratio}; written to {bench.write_json(args.out, payload)}")
     return payload
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(1 if main()["errors"] else 0)

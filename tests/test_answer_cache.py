@@ -17,7 +17,7 @@ class CountingGenerator:
     def __init__(self):
         self.asked: list[str] = []
 
-    def generate(self, prompts, n, temperature, top_p, max_tokens, seed, stop=None):
+    def generate(self, prompts, n, temperature, top_p, max_tokens, seed, stop=None, stop_policy=None):
         assert temperature == 0.0 and n == 1
         self.asked += prompts
         return [[Completion(p[::-1], len(p), "stop", i, 0)] for i, p in enumerate(prompts)]

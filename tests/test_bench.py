@@ -1,7 +1,7 @@
-"""The benchmark helpers (r1repro.bench) and both benchmark scripts at their smallest settings.
+"""The benchmark helpers (r1repro.bench) and the benchmark scripts at their smallest settings.
 
 The scripts are benchmarks, not tests: here they only have to run end to end on a toy model and
-write the JSON the README describes (~20 s on 2 CPU cores).
+write the JSON the README describes (~30 s on 2 CPU cores; two_runs, marked slow, ~40 s more).
 
     pytest tests/test_bench.py -q
 """
@@ -84,14 +84,32 @@ def test_rollout_benchmark_runs_and_writes_json(tmp_path):
     assert payload["fastest_backend"] in results
 
 
-def test_grpo_step_benchmark_runs_and_writes_json(tmp_path, caplog):
+def test_grpo_step_benchmark_takes_several_optimiser_steps_per_rollout(tmp_path):
     out = tmp_path / "grpo_step.json"
     payload = load_script("grpo_step").main([
-        "--tiny", "--prompts", "2", "--samples", "2", "--new-tokens", "4", "--prompt-tokens", "4",
-        "--steps", "1", "--device", "cpu", "--dtype", "float32", "--out", str(out)])
-    assert out.is_file() and payload["speedup_project_vs_plain"] > 0
-    for name in ("plain", "project"):
-        assert len(payload[name]["step_seconds"]) == 1 and payload[name]["seconds"] > 0
+        "--tiny", "--prompts", "2", "--samples", "2", "--updates", "2", "--rollouts", "1", "--new-tokens", "4",
+        "--prompt-tokens", "4", "--runs", "dr_grpo", "--learning-rate", "1e-2", "--device", "cpu",
+        "--dtype", "float32", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(payload)) and payload["complete"]
+    project = payload["runs"]["dr_grpo"]
+    assert project["speedup_vs_plain"] > 0
+    for r in (payload["plain"], project):
+        assert len(r["step_seconds"]) == r["optimizer_steps"] == r["global_step"] == 2 and r["seconds"] > 0
+        # Counted from the trainer: one rollout, two optimiser steps on it, as the config says.
+        assert r["rollouts"] == 1 and r["optimizer_steps_per_rollout"] == [2] and r["configured_steps_per_rollout"] == 2
+        assert len(r["clip_ratio"]) == 2 and r["clip_ratio"][0] == 0.0  # the first update is on-policy
     # The GPU profile asks for vLLM; on the CPU the project's settings fall back to transformers.
-    assert payload["project"]["rollout"]["requested"] == "vllm"
-    assert payload["project"]["rollout"]["engine"] == "transformers"
+    assert project["rollout"]["requested"] == "vllm"
+    assert project["rollout"]["engine"] == "transformers"
+
+
+@pytest.mark.slow
+def test_two_runs_train_in_processes_of_their_own_and_write_json(tmp_path):
+    out = tmp_path / "two_runs.json"
+    payload = load_script("two_runs").main([
+        "--tiny", "--device", "cpu", "--dtype", "float32", "--steps", "2", "--updates", "2",
+        "--new-tokens", "4", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(payload))
+    assert [(r["run"], r["global_step"]) for r in payload["runs"]] == [("grpo", 2), ("dr_grpo", 2)]
+    assert payload["workload"]["isolate_training"] is True
+    assert payload["memory_returned"] is None  # measured on CUDA only

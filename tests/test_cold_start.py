@@ -164,7 +164,7 @@ class FakeTeacher:
         self.texts = texts
         self.calls: list[dict] = []
 
-    def generate(self, prompts, n, temperature, top_p, max_tokens, seed, stop=None):
+    def generate(self, prompts, n, temperature, top_p, max_tokens, seed, stop=None, stop_policy=None):
         self.calls.append(dict(prompts=prompts, n=n, temperature=temperature, top_p=top_p,
                                max_tokens=max_tokens, seed=seed))
         return [[Completion(text, 10, finish, i, j) for j, (text, finish) in enumerate(self.texts[:n])]

@@ -211,3 +211,48 @@ def test_two_process_grpo_step_gathers_both_shares_and_agrees(
     assert len(read_rows(result.run_dir / COMPLETIONS_FILE)) == 2  # the first group, once
     record = json.loads((result.run_dir / rl.CHECKPOINTS / resumable.RUN_RECORD).read_text())
     assert record["launch"]["num_processes"] == 2
+
+
+# --- one process of its own per run (common.isolate_training) ---------------------------------------
+
+
+def test_isolated_training_is_a_one_process_launch_that_keeps_the_in_place_fingerprint(tmp_path) -> None:
+    isolated = Launch.from_common(CommonParams(isolate_training=True))
+    assert isolated is not None and isolated.num_processes == 1
+    assert isolated.command(tmp_path / "j.json", tmp_path / "r.json")[1:3] == ["-m", "r1repro.distributed"]
+    assert "accelerate" not in " ".join(isolated.command(tmp_path / "j.json", tmp_path / "r.json"))
+    # Where a run trains is not what it trains: its checkpoints resume in place and isolated alike.
+    assert isolated.identity() is None
+    assert resumable.fingerprint("rl", "some/hub-id", {"x": 1}, isolated) == \
+        resumable.fingerprint("rl", "some/hub-id", {"x": 1}, None)
+
+
+def test_two_rl_runs_in_sequence_each_train_in_a_process_of_their_own(
+        tiny_model, worked_traces, reports, tmp_path, monkeypatch) -> None:
+    """What the GPU profiles do (common.isolate_training): GRPO, then Dr. GRPO, each in its own process,
+    so whatever the first held (on a GPU: its colocated vLLM engine) is gone before the second starts."""
+    import os
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(CHARS_REWARD)
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    rows = [{"problem": e.problem, "answer": e.answer, "id": f"q{e.id}"} for e in worked_traces]
+    common = CommonParams(device="cpu", seed=7, isolate_training=True)
+    cfg = RlParams(init_model=str(tiny_model), output_dir=str(tmp_path / "rl"), template="none", max_steps=2,
+                   num_generations=2, prompts_per_step=2, max_completion_length=8, learning_rate=1e-3,
+                   save_steps=1, updates_per_rollout=2,
+                   reward_weights={"chars": 1.0, "accuracy": 0.0, "format": 0.0})
+    results = [rl.train_run(cfg, run, common, rows=rows) for run in ("grpo", "dr_grpo")]
+    assert [r["world_size"] for r in reports] == [1, 1]
+    pids = [r["pid"] for r in reports]
+    assert os.getpid() not in pids and pids[0] != pids[1], pids
+    for run, result in zip(("grpo", "dr_grpo"), results):
+        assert result.global_step == 2
+        record = json.loads((result.final_dir / resumable.FINAL_RECORD).read_text())
+        assert record["loss_type"] == run and "launch" not in record
+        before, after = weights(tiny_model), weights(result.final_dir)
+        assert any(not torch.equal(t, after[n]) for n, t in before.items()), f"{run} did not train"
+        # The launched process wrote the diagnostics: one rollout, trained on in two optimiser steps.
+        assert [r["step"] for r in result.diagnostics] == [1, 2]
+        assert "groups" in result.diagnostics[0] and result.diagnostics[1]["rollout_step"] == 1

@@ -102,7 +102,7 @@ class _CountingGenerator:
     def close(self):
         self.closed += 1
 
-    def generate(self, prompts, n, temperature, top_p, max_tokens, seed, stop=None):
+    def generate(self, prompts, n, temperature, top_p, max_tokens, seed, stop=None, stop_policy=None):
         from r1repro.generation import Completion
 
         self.calls.append((len(prompts), n, temperature))
@@ -112,6 +112,10 @@ class _CountingGenerator:
 
 class _Tok:
     chat_template = None
+    eos_token, eos_token_id = "</s>", 0
+
+    def encode(self, text, add_special_tokens=False):
+        return [0]
 
 
 def _evaluate(monkeypatch, tmp_path, benchmarks, **cfg):

@@ -192,3 +192,21 @@ def test_end_of_turn_id_is_the_single_token_generation_stops_on(base_model_dir) 
     split = SimpleNamespace(eos_token="<|im_end|>", encode=lambda text, add_special_tokens: [7, 8])
     with pytest.raises(ConfigError, match="is not one token"):
         end_of_turn_id("r1", split)
+
+
+def test_checkpointing_argument_names_the_keyword_the_installed_transformers_has() -> None:
+    """transformers 5.17 (the GPU lock) has only `gradient_checkpointing`; later ones `activation_checkpointing`."""
+    import dataclasses
+
+    import transformers
+
+    from r1repro.modeling import checkpointing_argument
+
+    (key,) = checkpointing_argument(True)
+    assert key in {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
+
+    @dataclasses.dataclass
+    class Old:  # the 5.17 field set, as far as this matters
+        gradient_checkpointing: bool = False
+
+    assert checkpointing_argument(False, Old) == {"gradient_checkpointing": False}

@@ -4,6 +4,7 @@ fingerprints that keep stale checkpoints and caches from being reused."""
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 
@@ -112,12 +113,13 @@ def test_count_solved_grades_each_sample_with_the_prefill(monkeypatch):
     answers = {"What is 1 + 1?": ["2", "3", "2"], "What is 2 + 1?": ["1", "1", "1"]}
 
     class Fake:
-        def generate(self, prompts, n, temperature, top_p, max_tokens, seed):
+        def generate(self, prompts, n, temperature, top_p, max_tokens, seed, stop_policy=None):
             return [[Completion(text=f"x</think><answer>{a}</answer>", num_tokens=3, finish_reason="stop",
                                 prompt_index=i, sample_index=j) for j, a in enumerate(answers[p])]
                     for i, p in enumerate(prompts)]
 
-    monkeypatch.setattr(modeling, "load_tokenizer", lambda *a, **k: None)
+    eos_only = SimpleNamespace(eos_token="</s>", eos_token_id=0, encode=lambda text, add_special_tokens: [0])
+    monkeypatch.setattr(modeling, "load_tokenizer", lambda *a, **k: eos_only)
     monkeypatch.setattr(generation, "generator_for", lambda common, model: Fake())
     monkeypatch.setattr(prompt_filter.templates, "render_prompt", lambda template, q, tok: q)
     rows = [{"problem": "What is 1 + 1?", "answer": "2"}, {"problem": "What is 2 + 1?", "answer": "3"}]

@@ -7,7 +7,8 @@ Generation is the cost everywhere on a CPU, so each greedy answer is kept under 
 that decides it, and a later request with the same key is served from the cache:
 
 * the model's weights (`io.weights_digest`: a retrained model at the same path is another model),
-* the exact prompt string (template applied) and the token budget and stop strings,
+* the exact prompt string (template applied), the token budget, the stop strings and the stop
+  policy (`r1repro.stops`: the token ids and kept strings a response ends at),
 * the decoding setup: backend, inference dtype, device, batch size, and the code and library
   versions that generate (the import closure of `r1repro.generation`, torch, transformers).
 
@@ -17,7 +18,8 @@ a request whose answers were all made in one earlier request of the same prompts
 records. Where a request mixes cached and new prompts, the new ones decode in other batch company,
 which on a CPU in float32 gave identical records (`TransformersGenerator`'s note on batch sizes).
 
-    cache = AnswerCache.for_model(".cache/answers", "models/sft", common, max_tokens=128)
+    stops = stop_policy_for(common, "r1_chat", tokenizer)
+    cache = AnswerCache.for_model(".cache/answers", "models/sft", common, max_tokens=128, stop_policy=stops)
     groups = cache.generate(prompts, lambda: generation.generator_for(common, "models/sft"))
 
 The cache lives outside DVC's view (`common.answer_cache_dir`, git- and dvc-ignored): deleting it
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from r1repro.io import atomic_write_text, read_json_or_none, source_digest, weights_digest
+from r1repro.stops import StopPolicy
 
 # Libraries whose versions change generated tokens.
 GENERATION_LIBRARIES = ("torch", "transformers")
@@ -52,16 +55,19 @@ def _library_versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in GENERATION_LIBRARIES}
 
 
-def protocol_key(model: str, max_tokens: int, stop: Sequence[str] | None, common: Any) -> dict[str, Any]:
+def protocol_key(model: str, max_tokens: int, stop: Sequence[str] | None, common: Any,
+                 stop_policy: StopPolicy | None = None) -> dict[str, Any]:
     """Everything besides the prompt that decides a greedy answer; see the module docstring.
 
     Args:
         model: hub id or local folder.
         max_tokens: the token budget.
-        stop: stop strings, or None.
+        stop: stop strings (cut out of the text), or None.
         common: the validated, dtype-resolved `common` params.
+        stop_policy: the stop ids and kept strings, or None (the generator's default: its EOS).
     """
     return {"model": weights_digest(model), "max_tokens": max_tokens, "stop": list(stop or []),
+            "stop_policy": stop_policy.as_dict() if stop_policy else None,
             "backend": common.backend, "dtype": common.inference_dtype or common.dtype,
             "device": common.device, "batch_size": common.generation_batch_size,
             "code": generation_code_digest(), "libraries": _library_versions()}
@@ -80,6 +86,7 @@ class AnswerCache:
         key: the protocol key (written into the file, so a collision could never pass unseen).
         answers: {sha256 of the prompt: completion fields}.
         hits, misses: prompts served from the cache and generated, over this object's life.
+        stop_policy: what generation stops at (also in `key`).
     """
 
     path: Path | None
@@ -87,18 +94,23 @@ class AnswerCache:
     answers: dict[str, dict[str, Any]]
     hits: int = 0
     misses: int = 0
+    stop_policy: StopPolicy | None = None
 
     @classmethod
     def for_model(cls, folder: str | Path | None, model: str, common: Any, *, max_tokens: int,
-                  stop: Sequence[str] | None = None) -> AnswerCache:
-        """The cache of `model` under this protocol; `folder` None gives one that keeps nothing."""
-        key = protocol_key(model, max_tokens, stop, common)
+                  stop: Sequence[str] | None = None, stop_policy: StopPolicy | None = None) -> AnswerCache:
+        """The cache of `model` under this protocol; `folder` None gives one that keeps nothing.
+
+        `stop_policy` (`r1repro.stops.stop_policy_for`) is what every stage passes; None leaves the
+        generator's default (its tokenizer's EOS).
+        """
+        key = protocol_key(model, max_tokens, stop, common, stop_policy)
         if folder is None:
-            return cls(None, key, {})
+            return cls(None, key, {}, stop_policy=stop_policy)
         path = Path(folder) / f"{_digest(key)[:32]}.json"
         stored = read_json_or_none(path)
         answers = stored["answers"] if stored and stored.get("key") == key else {}
-        return cls(path, key, answers)
+        return cls(path, key, answers, stop_policy=stop_policy)
 
     def generate(self, prompts: Sequence[str], make_generator: Callable[[], Any],
                  seed: int = 0) -> list[list[Any]]:
@@ -124,7 +136,7 @@ class AnswerCache:
         if missing:
             fresh = make_generator().generate([prompts[i] for i in missing], n=1, temperature=0.0,
                                               top_p=1.0, max_tokens=self.key["max_tokens"], seed=seed,
-                                              stop=self.key["stop"] or None)
+                                              stop=self.key["stop"] or None, stop_policy=self.stop_policy)
             for i, (completion,) in zip(missing, fresh):
                 self.answers[wanted[i]] = {"text": completion.text, "num_tokens": completion.num_tokens,
                                            "finish_reason": completion.finish_reason}

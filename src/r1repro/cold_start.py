@@ -121,6 +121,7 @@ def build_from_params(rows: Sequence[dict], cfg: Any, common: Any, tokenizer: An
         return build_worked_examples(rows, count=cfg.train_examples, seed=common.seed,
                                      tokenizer=tokenizer, max_tokens=budget)
     from r1repro import generation, modeling
+    from r1repro.stops import stop_policy_for
 
     demos, _ = build_worked_examples(rows, count=cfg.few_shot, seed=common.seed)
     teacher_tokenizer = modeling.load_tokenizer(cfg.teacher, trust_remote_code=common.trust_remote_code)
@@ -129,5 +130,5 @@ def build_from_params(rows: Sequence[dict], cfg: Any, common: Any, tokenizer: An
     examples, stats = rejection_sample(
         generation.generator_for(common, cfg.teacher), rows, cfg.template, teacher_tokenizer,
         demos=demos, n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
-        seed=common.seed, rule=rule)
+        seed=common.seed, rule=rule, stop_policy=stop_policy_for(common, cfg.template, teacher_tokenizer))
     return examples[: cfg.train_examples], stats

@@ -120,6 +120,15 @@ class CommonParams(Section):
     accelerate_config: str = Field(
         "configs/accelerate/ddp.yaml", description="accelerate config used when num_processes > 1: "
         "configs/accelerate/ddp.yaml (DDP), zero2.yaml or zero3.yaml (DeepSpeed ZeRO)")
+    isolate_training: bool = Field(
+        False, description="train every run (SFT, each RL run and seed, each distillation student) in a "
+        "process of its own, even with num_processes 1, so that its GPU memory and any colocated vLLM "
+        "engine are gone before the next run starts (r1repro.distributed); the notebook's process only "
+        "generates and keeps the files")
+    stop_at_answer_close: bool = Field(
+        False, description="responses to the r1 family of templates also end at '</answer>' (kept in "
+        "the text), as the Dr. GRPO paper's code stops its r1 template; every template always ends at "
+        "the tokenizer's EOS and its end-of-turn marker, whatever model answers (r1repro.stops)")
 
     @field_validator("accelerate_config")
     @classmethod
@@ -369,15 +378,38 @@ class RlParams(Section):
         None, ge=1, description="questions of rl.heldout answered at each periodic evaluation (the "
         "first N; each point costs a generation pass during training); None: all")
     prompt_filter: PromptFilterParams = PromptFilterParams()
+    updates_per_rollout: int = Field(
+        1, ge=1, description="optimiser steps each generated batch is split into (mini-batches of "
+        "prompts_per_step x num_generations / updates_per_rollout completions, one pass over the batch): "
+        "1 is on-policy (the clip never acts); the Dr. GRPO paper's 1.5B script takes 8 (1,024 "
+        "completions, mini-batches of 128). max_steps counts optimiser steps")
+    truncated_reward: float | None = Field(
+        None, description="the whole reward of a completion cut at max_completion_length before it "
+        "stopped (no EOS, end-of-turn or stop string): the paper's code sets 0. None: graded like the rest")
+    vllm_importance_sampling: bool = Field(
+        False, description="TRL's correction of vLLM rollouts by the ratio of training to vLLM "
+        "log-probs (sequence mask, cap 3 in TRL 1.16, on by default there); the paper's code has none")
+
+    def prompts_needed(self) -> int:
+        """Prompts a run trains on: prompts_per_step per rollout, one rollout every updates_per_rollout steps."""
+        return self.max_steps // self.updates_per_rollout * self.prompts_per_step
 
     @model_validator(mode="after")
     def _check(self) -> "RlParams":
         if not self.runs:
             raise ValueError("rl.runs is empty: name at least one run, e.g. grpo and dr_grpo")
-        per_step = self.prompts_per_step * self.num_generations
+        rollout = self.prompts_per_step * self.num_generations
+        if rollout % self.updates_per_rollout:
+            raise ValueError(f"rl.updates_per_rollout ({self.updates_per_rollout}) must divide "
+                             f"rl.prompts_per_step x rl.num_generations ({rollout})")
+        per_step = rollout // self.updates_per_rollout
         if self.micro_batch_size is not None and per_step % self.micro_batch_size:
-            raise ValueError(f"rl.micro_batch_size ({self.micro_batch_size}) must divide "
-                             f"rl.prompts_per_step x rl.num_generations ({per_step})")
+            raise ValueError(f"rl.micro_batch_size ({self.micro_batch_size}) must divide the "
+                             f"{per_step} completions of each optimiser step (rl.prompts_per_step x "
+                             f"rl.num_generations / rl.updates_per_rollout)")
+        if self.max_steps % self.updates_per_rollout:
+            raise ValueError(f"rl.max_steps ({self.max_steps}) must be a multiple of rl.updates_per_rollout "
+                             f"({self.updates_per_rollout}): a rollout's mini-batches are all trained on")
         if self.eval_steps and self.heldout is None:
             raise ValueError("rl.eval_steps > 0 needs rl.heldout (the held-out prompts)")
         return self

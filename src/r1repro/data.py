@@ -276,16 +276,18 @@ def load_subset(data_dir: Path | str, subset, key: str | None = None) -> list[di
         key: its dotted params key (e.g. "rl.prompts"), so that errors say which entry to fix.
 
     Returns:
-        The selected rows.
+        The selected rows; for a `hub` entry a `hub_data.HubRows`, whose `skipped` counts the dataset's
+        rows dropped before the window (no boxed answer), for the stage's protocol.
     """
     if subset.hub is not None:
-        from r1repro.hub_data import load_hub_questions
+        from r1repro.hub_data import HubRows, load_hub_questions
 
         try:
-            rows = load_hub_questions(subset.hub)
+            rows = load_hub_questions(subset.hub, key=key)
         except DataError as err:
             raise DataError(f"{key}.{err}" if key else str(err)) from err
-        return _window(rows, subset.limit, subset.offset, f"{key}.offset" if key else subset.source)
+        window = _window(rows, subset.limit, subset.offset, f"{key}.offset" if key else subset.source)
+        return HubRows(window, rows.skipped)
     if subset.synthetic is not None:
         from r1repro.synthetic_tasks import generate
 

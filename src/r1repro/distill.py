@@ -34,6 +34,7 @@ from r1repro.io import atomic_write_json, staged_dir
 from r1repro.rejection_sampling import RejectionFilter, RejectionStats, rejection_sample
 from r1repro.sft import SftResult, TrainSettings, train_sft
 from r1repro.sft_examples import ColdStartExample, to_sft_dataset
+from r1repro.stops import stop_policy_for
 
 STUDENT_RECORD = "r1repro_student.json"
 
@@ -60,7 +61,7 @@ def sample_traces(generator: Any, tokenizer: Any, rows: Sequence[dict], cfg: Dis
 
     Args:
         generator: the teacher behind `r1repro.generation`'s interface.
-        tokenizer: the teacher's tokenizer (for the chat template).
+        tokenizer: the teacher's tokenizer (for the chat template and where responses end).
         rows: training question rows, never benchmark questions.
         cfg: the validated `distill` section (sampling, per_question, min_language, template).
         common: the validated `common` section (seed, grading settings).
@@ -72,7 +73,8 @@ def sample_traces(generator: Any, tokenizer: Any, rows: Sequence[dict], cfg: Dis
     rule = RejectionFilter.from_params(cfg.min_language, common)
     return rejection_sample(generator, rows, cfg.template, tokenizer, n=s.n, temperature=s.temperature,
                             top_p=s.top_p, max_tokens=s.max_new_tokens, seed=common.seed,
-                            per_question=cfg.per_question, rule=rule)
+                            per_question=cfg.per_question, rule=rule,
+                            stop_policy=stop_policy_for(common, cfg.template, tokenizer))
 
 
 def trace_statistics(examples: Sequence[ColdStartExample], stats: RejectionStats,

@@ -18,6 +18,11 @@ into place only when the launch succeeded, so a failed launch never replaces a g
 
 Batch sizes in params.yaml are per optimizer step over all processes (see `per_process`), so the
 number of processes changes where the work runs, not the experiment.
+
+`common.isolate_training` (the GPU profiles) sends every training run through the same path with one
+process (`python -m r1repro.distributed JOB.json RESULT.json`, no accelerate): an in-process vLLM
+engine is not freed when deleted, so a second RL run (or an 8B student after a 1.5B one) in the
+notebook's process would find the GPU memory still held. A process that exits gives all of it back.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ from r1repro.pipeline import PIPELINE
 JOBS = {s.trains: f"r1repro.{s.trains}" for s in PIPELINE if s.trains}
 # accelerate's distributed types that this project launches: plain DDP, or DeepSpeed ZeRO.
 LAUNCHABLE = ("MULTI_GPU", "DEEPSPEED")
+# One training process of its own, started without accelerate (common.isolate_training).
+ISOLATED = "ISOLATED"
 OUTPUT_TAIL_LINES = 40  # how much of the processes' output a failure message repeats
 
 
@@ -118,9 +125,9 @@ def replica_digests(model: Any) -> list[str] | None:
 
 def launched_result(trainer: Any, **fields: Any) -> dict[str, Any]:
     """What a launched job reports back: its fields, the processes that trained together (as the
-    trainer's accelerator counts them) and their weight digests (a collective call, see
+    trainer's accelerator counts them), the reporting process's id and their weight digests (a collective call, see
     `replica_digests`; make it before anything changes one process's model, such as a LoRA merge)."""
-    return {**fields, "world_size": trainer.accelerator.num_processes,
+    return {**fields, "world_size": trainer.accelerator.num_processes, "pid": os.getpid(),
             "replica_digests": replica_digests(trainer.model)}
 
 
@@ -141,20 +148,25 @@ class Launch:
     """
 
     num_processes: int
-    config_file: Path
+    config_file: Path | None
     distributed_type: str
     zero_stage: int | None = None
 
     @classmethod
     def from_common(cls, common: CommonParams) -> Launch | None:
-        """The launch that `common` asks for, or None for in-place training (num_processes 1).
+        """The launch that `common` asks for, or None for in-place training (num_processes 1 and
+        common.isolate_training off).
+
+        With one process and common.isolate_training on, the training runs in a plain subprocess
+        (`ISOLATED`, no accelerate): everything it allocated, a colocated vLLM engine included, is
+        released when it exits, before the next run starts.
 
         Raises:
             ConfigError: a missing or unusable accelerate config, DeepSpeed on CPU or not installed,
                 or more processes than GPUs.
         """
         if common.num_processes == 1:
-            return None
+            return cls(1, None, ISOLATED) if common.isolate_training else None
         path = Path(common.accelerate_config)
         if not path.is_file():
             raise ConfigError(f"common.accelerate_config: {path} not found (relative to {Path.cwd()}); "
@@ -187,12 +199,23 @@ class Launch:
             raise ConfigError(f"{key}: LoRA cannot be merged into sharded ZeRO-3 weights "
                               f"({self.config_file}): use configs/accelerate/zero2.yaml or ddp.yaml")
 
-    def identity(self) -> dict[str, Any]:
-        """What a checkpoint's resumability depends on: the process layout and the launch config."""
+    def identity(self) -> dict[str, Any] | None:
+        """What a checkpoint's resumability depends on: the process layout and the launch config.
+        None for one isolated process, which trains exactly as in place."""
+        if self.distributed_type == ISOLATED:
+            return None
         return {"num_processes": self.num_processes, "accelerate_config": str(self.config_file)}
 
+    def describe(self) -> str:
+        """How the job runs, for messages."""
+        if self.distributed_type == ISOLATED:
+            return "one process of its own (common.isolate_training)"
+        return f"{self.num_processes} processes ({self.config_file})"
+
     def command(self, job: Path, result: Path) -> list[str]:
-        """The `accelerate launch` command line for one job."""
+        """The command line for one job: `accelerate launch`, or plain python for one isolated process."""
+        if self.distributed_type == ISOLATED:
+            return [sys.executable, "-m", "r1repro.distributed", str(job), str(result)]
         return [
             sys.executable, "-m", "accelerate.commands.launch",
             "--config_file", str(self.config_file), "--num_processes", str(self.num_processes),
@@ -222,7 +245,7 @@ class Launch:
             job, result = Path(folder) / "job.json", Path(folder) / "result.json"
             atomic_write_json(job, {"kind": kind, "payload": payload})
             code, tail = _stream(self.command(job, result))
-            where = f"{kind} training in {self.num_processes} processes ({self.config_file})"
+            where = f"{kind} training in {self.describe()}"
             if code != 0:
                 raise LaunchError(f"{where} failed with exit code {code}: {_root_cause(tail)}; nothing was "
                                   f"replaced. Last output:\n{tail}")
@@ -231,7 +254,7 @@ class Launch:
             report = json.loads(result.read_text(encoding="utf-8"))
         if report["world_size"] != self.num_processes:
             raise LaunchError(f"{where}: the trainer saw {report['world_size']} processes, not "
-                              f"{self.num_processes}; check {self.config_file}")
+                              f"{self.num_processes}; check {self.config_file or 'the environment (WORLD_SIZE)'}")
         digests = report["replica_digests"]
         if digests is not None and len(set(digests)) != 1:
             raise LaunchError(f"{where}: the processes ended with different weights ({digests}); "

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from r1repro import grading, metrics, rewards, templates
+from r1repro.stops import StopPolicy, stop_policy_for
 
 MODES = ("greedy", "sampled")
 # The columns of the summary table, in the order the report shows them.
@@ -85,16 +86,19 @@ def evaluate_model(model: str, label: str, benchmarks: dict[str, Sequence[dict]]
     names = [name for name, rows in benchmarks.items() for _ in rows]
     rows = [row for part in benchmarks.values() for row in part]
     prompts = [templates.render_prompt(cfg.template, row["problem"], tokenizer) for row in rows]
+    stops = stop_policy_for(common, cfg.template, tokenizer)
     outputs: dict[str, dict[int, Any]] = {}
     if cfg.greedy_max_new_tokens > 0:
-        greedy = cached_greedy(model, prompts, cfg.greedy_max_new_tokens, common, label, generator)
+        greedy = cached_greedy(model, prompts, cfg.greedy_max_new_tokens, common, label, generator,
+                               stop_policy=stops)
         outputs["greedy"] = dict(enumerate(greedy))
     position = [sum(1 for m in names[:i] if m == n) for i, n in enumerate(names)]  # index within its benchmark
     sampled = [i for i in range(len(rows)) if cfg.sampled_limit is None or position[i] < cfg.sampled_limit]
     s = cfg.sampling
     if sampled:
         out = generator().generate([prompts[i] for i in sampled], n=s.n, temperature=s.temperature,
-                                   top_p=s.top_p, max_tokens=s.max_new_tokens, seed=common.seed)
+                                   top_p=s.top_p, max_tokens=s.max_new_tokens, seed=common.seed,
+                                   stop_policy=stops)
         outputs["sampled"] = dict(zip(sampled, out))
     for generator_ in loaded:  # released before the next model loads (a vLLM engine's GPU memory too)
         generator_.close()
@@ -276,7 +280,7 @@ def report_tables(tables: dict[str, str], cfg) -> str:
 
 
 def cached_greedy(model: str, prompts: Sequence[str], max_new_tokens: int, common, label: str,
-                  make_generator: Any = None) -> list[list[Any]]:
+                  make_generator: Any = None, *, stop_policy: StopPolicy) -> list[list[Any]]:
     """Greedy answers of `model` to `prompts`, from `common.answer_cache_dir` where an earlier stage
     asked the same (see `r1repro.answer_cache`); the model is loaded only for what is missing.
 
@@ -287,6 +291,7 @@ def cached_greedy(model: str, prompts: Sequence[str], max_new_tokens: int, commo
         common: the validated, dtype-resolved `common` params.
         label: the model's name, for the printed line.
         make_generator: returns a generator of `model` for what is missing (default: load one).
+        stop_policy: where responses end (`r1repro.stops.stop_policy_for`); part of the cache key.
 
     Returns:
         One list with one `Completion` per prompt, as generators return.
@@ -294,7 +299,8 @@ def cached_greedy(model: str, prompts: Sequence[str], max_new_tokens: int, commo
     from r1repro import generation
     from r1repro.answer_cache import AnswerCache
 
-    cache = AnswerCache.for_model(common.answer_cache_dir, model, common, max_tokens=max_new_tokens)
+    cache = AnswerCache.for_model(common.answer_cache_dir, model, common, max_tokens=max_new_tokens,
+                                  stop_policy=stop_policy)
     if make_generator is not None:  # the caller's generator: the caller closes it
         out = cache.generate(prompts, make_generator, seed=common.seed)
     else:
@@ -332,7 +338,8 @@ def greedy_heldout(model: str, rows: Sequence[dict], template: str, max_new_toke
 
     tokenizer = modeling.load_tokenizer(model, trust_remote_code=common.trust_remote_code)
     prompts = [templates.render_prompt(template, row["problem"], tokenizer) for row in rows]
-    out = cached_greedy(model, prompts, max_new_tokens, common, label)
+    out = cached_greedy(model, prompts, max_new_tokens, common, label,
+                        stop_policy=stop_policy_for(common, template, tokenizer))
     records = graded_heldout_records(label, rows, prompts, out, template, common.grading_workers,
                                      common.grading_timeout_s)
     return records, heldout_summary(records, n_boot, confidence, common.seed)

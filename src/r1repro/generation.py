@@ -30,16 +30,23 @@ rollout section), so the CPU default stays `transformers`; `bench/rollout.py` me
 
     from r1repro.generation import load_generator
     gen = load_generator("transformers", "models/base", batch_size=16)
-    rows = gen.generate(prompts, n=4, temperature=0.6, top_p=0.95, max_tokens=256, seed=1234)
+    stops = stop_policy_for(common, "r1_chat", tokenizer)          # r1repro.stops
+    rows = gen.generate(prompts, n=4, temperature=0.6, top_p=0.95, max_tokens=256, seed=1234,
+                        stop_policy=stops)
     rows[i][j].text   # sample j of prompt i
 
 Conventions both backends keep:
 * prompts are final strings (chat template already applied) and are tokenized as vLLM does
   (the tokenizer's default special tokens);
 * temperature 0 is greedy: each prompt is decoded once and the record repeated n times;
-* `num_tokens` counts generated tokens up to and including the EOS or the token that completed a
-  stop string, never padding; `text` holds neither the EOS nor the stop string;
-* `finish_reason` is "stop" (EOS or stop string) or "length" (`max_tokens` reached);
+* a response ends where the caller's `stop_policy` (`r1repro.stops.StopPolicy`) says: at its token
+  ids, or right after one of its strings, which stays in the text (the format reward and the grader
+  must see `</answer>`). Without one, at the tokenizer's EOS alone. The model's own
+  generation_config never adds stops (vLLM aside: see `VllmGenerator`);
+* `stop=` strings end a response too but are cut out of its text;
+* `num_tokens` counts generated tokens up to and including the stop token or the token that
+  completed a stop string, never padding; `text` holds neither the stop token nor a `stop=` string;
+* `finish_reason` is "stop" (stop token or string) or "length" (`max_tokens` reached);
 * the model's own generation_config sampling defaults are not used: the arguments are the whole
   specification.
 
@@ -76,6 +83,7 @@ from transformers import (CompileConfig, GenerationConfig, LogitsProcessor, Stop
 from r1repro.config import CommonParams, ConfigError
 from r1repro.modeling import ensure_pad_token, load_model, load_tokenizer, resolve_device
 from r1repro.rollout import installed_vllm
+from r1repro.stops import StopPolicy
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -88,9 +96,10 @@ class Completion:
     """One sampled response.
 
     Attributes:
-        text: the decoded response, without EOS, padding or the stop string.
-        num_tokens: generated tokens, counting the EOS or stop-completing token, not padding.
-        finish_reason: "stop" (EOS or a stop string) or "length" (max_tokens reached).
+        text: the decoded response, without the stop token, padding or a `stop=` string; a stop
+            string of the `StopPolicy` stays at its end.
+        num_tokens: generated tokens, counting the stop token or stop-completing token, not padding.
+        finish_reason: "stop" (a stop token or string) or "length" (max_tokens reached).
         prompt_index: position of the prompt in the request.
         sample_index: 0..n-1 within that prompt.
     """
@@ -106,8 +115,8 @@ class Generator(Protocol):
     """What every backend offers; `load_generator` returns one."""
 
     def generate(self, prompts: list[str], n: int, temperature: float, top_p: float,
-                 max_tokens: int, seed: int,
-                 stop: list[str] | None = None) -> list[list[Completion]]:
+                 max_tokens: int, seed: int, stop: list[str] | None = None,
+                 stop_policy: StopPolicy | None = None) -> list[list[Completion]]:
         """Sample n responses to each prompt.
 
         Args:
@@ -118,6 +127,8 @@ class Generator(Protocol):
             max_tokens: most new tokens per response.
             seed: makes sampling reproducible.
             stop: strings that end a response (excluded from its text).
+            stop_policy: the stop token ids and kept stop strings (`r1repro.stops.stop_policy_for`);
+                None: the tokenizer's EOS alone.
 
         Returns:
             One list per prompt, in prompt order, each with n `Completion`s in sample order.
@@ -158,6 +169,26 @@ def cut_at_stop(text: str, stop: Sequence[str] | None) -> int | None:
     hits = [text.find(s) for s in stop or () if s]
     hits = [h for h in hits if h >= 0]
     return min(hits) if hits else None
+
+
+def text_end(text: str, cut: Sequence[str] | None, keep: Sequence[str] = ()) -> int | None:
+    """Where a response's text ends at its earliest stop string, or None when none occurs.
+
+    Args:
+        text: the decoded response.
+        cut: strings that end the response and are left out of it (`stop=`).
+        keep: strings that end the response and stay in it (a `StopPolicy`'s strings).
+
+    Returns:
+        The start of the earliest `cut` string or the end of the earliest `keep` string.
+    """
+    hits = [(text.find(s), len(s) if kept else 0) for strings, kept in ((cut or (), False), (keep, True))
+            for s in strings if s]
+    hits = [(start, length) for start, length in hits if start >= 0]
+    if not hits:
+        return None
+    start, length = min(hits, key=lambda hit: (hit[0], -hit[1]))
+    return start + length
 
 
 def replicate(rows: list[list[Completion]], n: int) -> list[list[Completion]]:
@@ -417,22 +448,19 @@ class TransformersGenerator(EngineLifecycle):
             **kwargs,
         )
 
-    @property
-    def eos_ids(self) -> list[int]:
-        """Every token that ends a response: the tokenizer's EOS and the model's (maybe several)."""
-        ids = {self.tokenizer.eos_token_id}
-        configured = getattr(self.model.generation_config, "eos_token_id", None)
-        ids.update(configured if isinstance(configured, list) else [configured])
-        return sorted(i for i in ids if i is not None)
+    def stops(self, stop_policy: StopPolicy | None) -> StopPolicy:
+        """The caller's stop policy, or the tokenizer's EOS alone; never the model's generation_config."""
+        return stop_policy or StopPolicy(token_ids=(self.tokenizer.eos_token_id,))
 
     def generate(self, prompts: list[str], n: int, temperature: float, top_p: float,
-                 max_tokens: int, seed: int,
-                 stop: list[str] | None = None) -> list[list[Completion]]:
+                 max_tokens: int, seed: int, stop: list[str] | None = None,
+                 stop_policy: StopPolicy | None = None) -> list[list[Completion]]:
         """Sample n responses per prompt; see `Generator.generate`."""
         self._check_open()
         check_request(prompts, n, temperature, top_p, max_tokens)
         if not prompts:
             return []
+        policy = self.stops(stop_policy)
         greedy = temperature == 0
         rows = self._rows(prompts, 1 if greedy else n)
         rows.sort(key=lambda r: -len(r.ids))  # stable: samples of a prompt stay together
@@ -440,7 +468,7 @@ class TransformersGenerator(EngineLifecycle):
         out: list[list[Completion | None]] = [[None] * (1 if greedy else n) for _ in prompts]
         with self._eval_mode():
             for batch in tqdm(batches, desc="generate", unit="batch", disable=not self.progress):
-                for c in self._run_batch(batch, temperature, top_p, max_tokens, seed, stop):
+                for c in self._run_batch(batch, temperature, top_p, max_tokens, seed, stop, policy):
                     out[c.prompt_index][c.sample_index] = c
         return replicate(out, n) if greedy else out
 
@@ -460,23 +488,24 @@ class TransformersGenerator(EngineLifecycle):
         finally:
             self.model.train(was_training)
 
-    def _generation_config(self, max_tokens: int) -> GenerationConfig:
+    def _generation_config(self, max_tokens: int, policy: StopPolicy) -> GenerationConfig:
         """Greedy decoding over the scores our sampler perturbs; penalties neutralised.
 
         Fields left unset would be filled from the model's generation_config, which for some
-        models asks for sampling or a repetition penalty; the request alone should decide.
+        models asks for sampling, a repetition penalty or other stop tokens; the request alone
+        should decide.
         """
         return GenerationConfig(
             max_new_tokens=max_tokens, do_sample=False, num_beams=1, num_return_sequences=1,
-            eos_token_id=self.eos_ids or None, pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
+            eos_token_id=list(policy.token_ids), pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
             repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0,
         )
 
-    def _stopping(self, stop: list[str] | None) -> StoppingCriteriaList | None:
+    def _stopping(self, strings: Sequence[str]) -> StoppingCriteriaList | None:
         """Stop-string criteria, built once per set of strings (building scans the vocabulary)."""
-        if not stop:
+        if not strings:
             return None
-        key = tuple(stop)
+        key = tuple(strings)
         if key not in self._stop_criteria:
             self._stop_criteria[key] = StopStringCriteria(self.tokenizer, list(key))
         return StoppingCriteriaList([self._stop_criteria[key]])
@@ -496,7 +525,7 @@ class TransformersGenerator(EngineLifecycle):
 
     @torch.inference_mode()
     def _run_batch(self, batch: list[_Row], temperature: float, top_p: float, max_tokens: int,
-                   seed: int, stop: list[str] | None) -> list[Completion]:
+                   seed: int, stop: list[str] | None, policy: StopPolicy) -> list[Completion]:
         """Decode one batch and turn each row into a Completion."""
         input_ids, attention_mask = self._pad_left(batch)
         processors = []
@@ -505,29 +534,30 @@ class TransformersGenerator(EngineLifecycle):
             processors.append(RowSampler(seeds, temperature, top_p))
         output = self.model.generate(
             input_ids=input_ids, attention_mask=attention_mask,
-            generation_config=self._generation_config(max_tokens),
-            logits_processor=processors, stopping_criteria=self._stopping(stop),
+            generation_config=self._generation_config(max_tokens, policy),
+            logits_processor=processors, stopping_criteria=self._stopping([*(stop or ()), *policy.strings]),
         )
         generated = output[:, input_ids.shape[1]:].tolist()
-        return [self._completion(r, ids, stop) for r, ids in zip(batch, generated)]
+        return [self._completion(r, ids, stop, policy) for r, ids in zip(batch, generated)]
 
-    def _completion(self, row: _Row, ids: list[int], stop: list[str] | None) -> Completion:
-        """Count tokens and set finish_reason for one generated row.
+    def _completion(self, row: _Row, ids: list[int], stop: list[str] | None, policy: StopPolicy) -> Completion:
+        """Count tokens, cut the text and set finish_reason for one generated row.
 
-        `generate` fills a row with pad tokens once it has ended; since pad is usually EOS, the
-        first EOS marks the end either way. A row with no EOS ran to max_tokens.
+        `generate` fills a row with pad tokens once it has ended; since pad is usually a stop
+        token, the first stop token marks the end either way. A row with none ran to max_tokens.
+        A `stop=` string is cut out of the text; a policy's stop string stays in it.
         """
-        eos = set(self.eos_ids)
-        end = next((k for k, t in enumerate(ids) if t in eos), None)
+        end = next((k for k, t in enumerate(ids) if t in policy.token_ids), None)
         body = ids if end is None else ids[:end]
         num_tokens, reason = (len(ids), "length") if end is None else (end + 1, "stop")
         text = self.tokenizer.decode(body, skip_special_tokens=True)
-        cut = cut_at_stop(text, stop)
+        cut = text_end(text, stop, policy.strings)
         if cut is not None:
-            text, num_tokens, reason = text[:cut], self._tokens_to_stop(body, stop), "stop"
+            strings = [*(stop or ()), *policy.strings]
+            text, num_tokens, reason = text[:cut], self._tokens_to_stop(body, strings), "stop"
         return Completion(text, num_tokens, reason, row.prompt_index, row.sample_index)
 
-    def _tokens_to_stop(self, ids: list[int], stop: list[str]) -> int:
+    def _tokens_to_stop(self, ids: list[int], stop: Sequence[str]) -> int:
         """Fewest leading tokens whose text contains a stop string (binary search on prefixes).
 
         That token is where generation stopped (or would have); counting it matches vLLM.
@@ -579,8 +609,8 @@ class StaticCacheGenerator(TransformersGenerator):
     def _padded_width(self, longest: int) -> int:
         return -(-longest // self.width_multiple) * self.width_multiple
 
-    def _generation_config(self, max_tokens: int) -> GenerationConfig:
-        config = super()._generation_config(max_tokens)
+    def _generation_config(self, max_tokens: int, policy: StopPolicy) -> GenerationConfig:
+        config = super()._generation_config(max_tokens, policy)
         config.cache_implementation = "static"
         on_cuda = self.model.device.type == "cuda"
         if self.compile if self.compile is not None else on_cuda:
@@ -604,23 +634,24 @@ class ContinuousBatchingGenerator(TransformersGenerator):
     * sampling draws from one torch generator seeded with `seed`, in scheduling order, so a
       sample depends on the other rows (as with vLLM); greedy records match (tests check it);
     * it has no stopping criteria, so stop strings are applied to the finished text: a row runs
-      on to EOS or max_tokens and is then cut, with the same record as the plain backend;
+      on to a stop token or max_tokens and is then cut, with the same record as the plain backend;
     * `batch_size` caps the rows decoded at once (ContinuousBatchingConfig.max_requests_per_batch).
     """
 
     backend: ClassVar[str] = "transformers_continuous"
 
     def generate(self, prompts: list[str], n: int, temperature: float, top_p: float,
-                 max_tokens: int, seed: int,
-                 stop: list[str] | None = None) -> list[list[Completion]]:
+                 max_tokens: int, seed: int, stop: list[str] | None = None,
+                 stop_policy: StopPolicy | None = None) -> list[list[Completion]]:
         """Sample n responses per prompt; see `Generator.generate`."""
         self._check_open()
         check_request(prompts, n, temperature, top_p, max_tokens)
         if not prompts:
             return []
+        policy = self.stops(stop_policy)
         greedy = temperature == 0
         rows = self._rows(prompts, 1 if greedy else n)
-        config = self._generation_config(max_tokens)
+        config = self._generation_config(max_tokens, policy)
         if not greedy:
             config.do_sample, config.temperature, config.top_p = True, temperature, top_p
         with self._eval_mode():
@@ -637,7 +668,7 @@ class ContinuousBatchingGenerator(TransformersGenerator):
                                + (f"; first error: {failed[0]}" if failed else ""))
         out: list[list[Completion]] = [[] for _ in prompts]
         for row, result in zip(rows, results):
-            out[row.prompt_index].append(self._completion(row, list(result.generated_tokens), stop))
+            out[row.prompt_index].append(self._completion(row, list(result.generated_tokens), stop, policy))
         return replicate(out, n) if greedy else out
 
     def _cb_config(self, rows: list[_Row], max_tokens: int, seed: int) -> Any:
@@ -650,7 +681,9 @@ class ContinuousBatchingGenerator(TransformersGenerator):
 
         config = ContinuousBatchingConfig(seed=seed, max_requests_per_batch=self.batch_size)
         longest = max(len(r.ids) for r in rows) + max_tokens
-        config.num_blocks = min(len(rows), self.batch_size) * -(-longest // config.page_size) + 1
+        # transformers 5.17 (the GPU lock) calls the block size block_size; later versions page_size.
+        page = getattr(config, "page_size", None) or config.block_size
+        config.num_blocks = min(len(rows), self.batch_size) * -(-longest // page) + 1
         return config
 
 # --------------------------------------------------------------------------------------------------
@@ -721,6 +754,15 @@ class VllmGenerator(EngineLifecycle):
     backend a prompt's samples do not depend on the other prompts (vLLM's batching numerics
     aside). Samples differ from the transformers backend's: the random streams are vLLM's own.
 
+    Stops: the policy's token ids go to `SamplingParams.stop_token_ids` and its strings to `stop`
+    with include_stop_str_in_output, so they stay in the text; `stop=` strings share that request
+    and are cut off afterwards (vLLM's `stop_reason` names the string that matched). vLLM always
+    stops at the tokenizer's EOS (as the policy does) and also adds any other eos ids of the model's
+    generation_config.json (`SamplingParams.update_from_generation_config`), which cannot be turned
+    off per request: the one place a model's own config can still stop a response, and only earlier
+    than the policy. SmolLM2 and Qwen2.5-Math declare no eos beyond the tokenizer's (and RL no longer
+    writes end-of-turn ids into the models it saves); Llama-3.1-8B adds <|eom_id|> and <|eot_id|>.
+
     Args:
         model: hub id or local folder.
         dtype, device, trust_remote_code: as in `r1repro.modeling.load_model`; the device must
@@ -765,8 +807,8 @@ class VllmGenerator(EngineLifecycle):
         self.llm = None
 
     def generate(self, prompts: list[str], n: int, temperature: float, top_p: float,
-                 max_tokens: int, seed: int,
-                 stop: list[str] | None = None) -> list[list[Completion]]:
+                 max_tokens: int, seed: int, stop: list[str] | None = None,
+                 stop_policy: StopPolicy | None = None) -> list[list[Completion]]:
         """Sample n responses per prompt; see `Generator.generate`."""
         from vllm import SamplingParams
 
@@ -774,28 +816,39 @@ class VllmGenerator(EngineLifecycle):
         check_request(prompts, n, temperature, top_p, max_tokens)
         if not prompts:
             return []
+        cut = [s for s in stop or () if s]
+        keep = list(stop_policy.strings) if stop_policy else []
         greedy = temperature == 0
         params = [
             SamplingParams(
                 # vLLM refuses n > 1 when greedy; one decode, replicated below, is the same thing.
                 n=1 if greedy else n, temperature=temperature, top_p=1.0 if greedy else top_p,
-                max_tokens=max_tokens, seed=derived_seed(seed, i), stop=list(stop or []) or None,
+                max_tokens=max_tokens, seed=derived_seed(seed, i), stop=[*cut, *keep] or None,
+                stop_token_ids=list(stop_policy.token_ids) if stop_policy else None,
+                include_stop_str_in_output=bool(keep),
             )
             for i in range(len(prompts))
         ]
         outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
-        rows = [self._records(i, out) for i, out in enumerate(outputs)]
+        rows = [self._records(i, out, cut if keep else ()) for i, out in enumerate(outputs)]
         return replicate(rows, n) if greedy else rows
 
     @staticmethod
-    def _records(prompt_index: int, output: Any) -> list[Completion]:
-        """vLLM's RequestOutput as Completions; its token_ids already hold the EOS or stop token."""
+    def _records(prompt_index: int, output: Any, strip: Sequence[str] = ()) -> list[Completion]:
+        """vLLM's RequestOutput as Completions; its token_ids already hold the stop token.
+
+        `strip`: `stop=` strings vLLM left at the end of the text (include_stop_str_in_output was on
+        for the policy's strings); a text that stopped on one loses it, as `stop=` asks.
+        """
         records = []
         for sample in sorted(output.outputs, key=lambda s: s.index):
             if sample.finish_reason not in ("stop", "length"):
                 raise RuntimeError(f"vLLM returned finish_reason {sample.finish_reason!r} for "
                                    f"prompt {prompt_index}; expected 'stop' or 'length'")
-            records.append(Completion(sample.text, len(sample.token_ids), sample.finish_reason,
+            text, matched = sample.text, getattr(sample, "stop_reason", None)
+            if isinstance(matched, str) and matched in strip and text.endswith(matched):
+                text = text[: -len(matched)]
+            records.append(Completion(text, len(sample.token_ids), sample.finish_reason,
                                       prompt_index, sample.index))
         return records
 

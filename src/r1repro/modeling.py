@@ -308,6 +308,26 @@ def training_weights_dtype(bf16: bool, lora: LoraParams | None) -> str:
     return "bfloat16" if bf16 and lora is not None and lora.enabled else "float32"
 
 
+def checkpointing_argument(enabled: bool, arguments: type | None = None) -> dict[str, bool]:
+    """The TrainingArguments keyword that turns activation (gradient) checkpointing on or off.
+
+    transformers renamed `gradient_checkpointing` to `activation_checkpointing` after 5.17, the version
+    the GPU lock pins (vLLM 0.31 caps it), and keeps the old name only as a deprecated alias until v6:
+    ask the installed version which one it has.
+
+    Args:
+        enabled: checkpointing on.
+        arguments: the arguments dataclass to ask (default: the installed `TrainingArguments`).
+    """
+    import dataclasses
+
+    if arguments is None:
+        from transformers import TrainingArguments as arguments
+
+    names = {f.name for f in dataclasses.fields(arguments)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
+
+
 def save_trained_model(trainer, folder: Path) -> None:
     """Write a trainer's model and tokenizer into `folder` as a plain transformers folder.
 

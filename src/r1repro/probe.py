@@ -4,7 +4,8 @@ Three questions per model: does a template make it answer rather than ramble on 
 much do its samples explore (pass@k across temperatures)? Does it already self-reflect ("aha"
 keywords) before RL? Every table is derived from per-response records saved beside it.
 
-    records = template_records(generator, tokenizer, "base", rows, ["r1", "none"], 256, seed=0)
+    records = template_records(generator, tokenizer, "base", rows, ["r1", "none"], 256, seed=0,
+                               answer_close=common.stop_at_answer_close)
     grade(records, workers=2, timeout_s=5)
     answer_rate_table(records)
 """
@@ -17,6 +18,7 @@ from typing import Sequence
 import pandas as pd
 
 from r1repro import grading, metrics, reflection, templates
+from r1repro.stops import stop_policy
 
 # A response "attempts an answer" when it commits to one: a boxed/tagged answer, or a phrase that
 # announces it. Text that only continues or repeats the question does neither.
@@ -41,35 +43,37 @@ def _rows_to_records(label: str, rows: Sequence[dict], prompts: Sequence[str], c
 
 
 def template_records(generator, tokenizer, label: str, rows: Sequence[dict], template_names: Sequence[str],
-                     max_new_tokens: int, seed: int) -> list[dict]:
+                     max_new_tokens: int, seed: int, *, answer_close: bool = False) -> list[dict]:
     """Greedy responses of one model to every question under each template.
 
     Args:
         generator: a `r1repro.generation` backend holding the model.
-        tokenizer: its tokenizer (chat templates need one).
+        tokenizer: its tokenizer (chat templates need one; every template's stops too).
         label: the model's name in tables.
         rows: question rows (`id`, `problem`, `answer`).
         template_names: templates to compare.
         max_new_tokens: token budget per response.
         seed: generation seed.
+        answer_close: common.stop_at_answer_close (r1-family responses also end at `</answer>`).
     Returns:
         Ungraded records with a `template` field.
     """
     records = []
     for name in template_names:
         prompts = [templates.render_prompt(name, row["problem"], tokenizer) for row in rows]
-        out = generator.generate(prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=max_new_tokens, seed=seed)
+        out = generator.generate(prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=max_new_tokens, seed=seed,
+                                 stop_policy=stop_policy(name, tokenizer, answer_close=answer_close))
         records += _rows_to_records(label, rows, prompts, out, template=name)
     return records
 
 
 def exploration_records(generator, tokenizer, label: str, rows: Sequence[dict], template: str,
                         temperatures: Sequence[float], k: int, top_p: float, max_new_tokens: int,
-                        seed: int) -> list[dict]:
+                        seed: int, *, answer_close: bool = False) -> list[dict]:
     """k sampled responses per question at each temperature, for pass@k curves.
 
     Args:
-        generator, tokenizer, label, rows, max_new_tokens, seed: as in `template_records`.
+        generator, tokenizer, label, rows, max_new_tokens, seed, answer_close: as in `template_records`.
         template: the template used (the model's best one).
         temperatures: sampling temperatures (0 means greedy).
         k: samples per question.
@@ -78,10 +82,11 @@ def exploration_records(generator, tokenizer, label: str, rows: Sequence[dict], 
         Ungraded records with `template` and `temperature` fields.
     """
     prompts = [templates.render_prompt(template, row["problem"], tokenizer) for row in rows]
+    stops = stop_policy(template, tokenizer, answer_close=answer_close)
     records = []
     for temperature in temperatures:
         out = generator.generate(prompts, n=k, temperature=temperature, top_p=top_p,
-                                 max_tokens=max_new_tokens, seed=seed)
+                                 max_tokens=max_new_tokens, seed=seed, stop_policy=stops)
         records += _rows_to_records(label, rows, prompts, out, template=template, temperature=temperature)
     return records
 

@@ -86,12 +86,14 @@ def count_solved(model: str, rows: Sequence[Mapping[str, Any]], template: str, s
         One count in [0, sampling.n] per row.
     """
     from r1repro import generation, modeling
+    from r1repro.stops import stop_policy_for
 
     tokenizer = modeling.load_tokenizer(model, trust_remote_code=common.trust_remote_code)
     generator = generation.generator_for(common, model)
     prompts = [templates.render_prompt(template, row["problem"], tokenizer) for row in rows]
     groups = generator.generate(prompts, n=sampling.n, temperature=sampling.temperature,
-                                top_p=sampling.top_p, max_tokens=sampling.max_new_tokens, seed=common.seed)
+                                top_p=sampling.top_p, max_tokens=sampling.max_new_tokens, seed=common.seed,
+                                stop_policy=stop_policy_for(common, template, tokenizer))
     # The prefill (e.g. "<think>") is part of the prompt, so the grader sees it put back.
     head = templates.prefill(template)
     responses = [head + c.text for group in groups for c in group]
@@ -116,9 +118,12 @@ def pass_table(rows: Sequence[Mapping[str, Any]], solved: Sequence[int], n: int,
 
 def _fingerprint(cfg: RlParams, common: CommonParams, candidates: Sequence[Mapping[str, Any]]) -> dict:
     """What a measurement depends on: the starting weights, the filter's sampling, the candidates."""
+    # Stops at </answer> only when on: measurements made before the switch existed stay valid (the
+    # other stops follow from the template and the starting model's tokenizer, already in the key).
+    stops = {"stop_at_answer_close": True} if common.stop_at_answer_close else {}
     return {"init_model": io.weights_digest(cfg.init_model), "template": cfg.template,
             "sampling": cfg.prompt_filter.sampling.model_dump(mode="json"), "seed": common.seed,
-            "inference_dtype": common.inference_dtype or common.dtype, "backend": common.backend,
+            "inference_dtype": common.inference_dtype or common.dtype, "backend": common.backend, **stops,
             "candidates": [str(r.get("id", "")) + "\t" + str(r["problem"]) for r in candidates]}
 
 
@@ -161,7 +166,7 @@ def select_prompts(cfg: RlParams, common: CommonParams, rows: Sequence[Mapping[s
             f"rl.prompt_filter kept {len(kept)} of {len(candidates)} prompts (pass rate in "
             f"[{spec.min_pass}, {spec.max_pass}]), fewer than rl.prompts_per_step ({cfg.prompts_per_step}); "
             "raise rl.prompt_filter.candidates, widen min_pass/max_pass, or turn the filter off")
-    needed = cfg.max_steps * cfg.prompts_per_step
+    needed = cfg.prompts_needed()
     if len(kept) < needed:
         log.warning("rl.prompt_filter: %d prompts kept for %d needed; each is trained on %.1f times",
                     len(kept), needed, needed / len(kept))

@@ -6,7 +6,8 @@ Stage 2 uses it with a few-shot prompt of worked demonstrations (`sft.source: te
 plain question: the student learns to answer without demonstrations.
 
     rule = RejectionFilter.from_params(cfg.min_language, common)
-    examples, stats = rejection_sample(generator, rows, "r1_chat", tokenizer, n=4, rule=rule)
+    examples, stats = rejection_sample(generator, rows, "r1_chat", tokenizer, n=4, rule=rule,
+                                       stop_policy=stop_policy_for(common, "r1_chat", tokenizer))
     stats.as_dict()        # where the samples went: truncated, bad_format, ..., kept
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 from r1repro import grading, rewards, templates
 from r1repro.config import CommonParams
 from r1repro.sft_examples import ColdStartExample
+from r1repro.stops import StopPolicy
 
 FEW_SHOT_INSTRUCTIONS = (
     "Solve the last problem the way the examples are solved: reason step by step inside "
@@ -130,7 +132,8 @@ def _select(rows: Sequence[dict], candidates: list[tuple[int, str]], verdicts: l
 def rejection_sample(generator: Any, rows: Sequence[dict], template: str, tokenizer: Any = None, *,
                      demos: Sequence[ColdStartExample] = (), n: int = 4, temperature: float = 0.8,
                      top_p: float = 0.95, max_tokens: int = 512, seed: int = 0, per_question: int = 1,
-                     rule: RejectionFilter = RejectionFilter()) -> tuple[list[ColdStartExample], RejectionStats]:
+                     rule: RejectionFilter = RejectionFilter(),
+                     stop_policy: StopPolicy | None = None) -> tuple[list[ColdStartExample], RejectionStats]:
     """Sample a teacher with a few-shot long-CoT prompt and keep only good responses (DeepSeek-R1, 2.3.1).
 
     A response is kept when it finished by itself, passes the R1 format reward, has at least
@@ -151,6 +154,8 @@ def rejection_sample(generator: Any, rows: Sequence[dict], template: str, tokeni
         temperature, top_p, max_tokens, seed: sampling settings.
         per_question: most examples kept per question.
         rule: the language and grading settings.
+        stop_policy: where the teacher's responses end (`r1repro.stops.stop_policy_for` for the teacher's
+            tokenizer); None: the generator's default, its tokenizer's EOS.
 
     Returns:
         (examples, stats). Each example holds the plain question, not the few-shot prompt: the student
@@ -161,7 +166,7 @@ def rejection_sample(generator: Any, rows: Sequence[dict], template: str, tokeni
                                        tokenizer) for r in rows]
     head = templates.prefill(template)
     outputs = generator.generate(prompts, n=n, temperature=temperature, top_p=top_p,
-                                 max_tokens=max_tokens, seed=seed)
+                                 max_tokens=max_tokens, seed=seed, stop_policy=stop_policy)
     stats = RejectionStats()
     candidates: list[tuple[int, str]] = []
     for index, samples in enumerate(outputs):

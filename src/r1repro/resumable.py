@@ -87,8 +87,9 @@ def fingerprint(training_module: str, init_model: str | Path, settings: Mapping[
     Returns:
         {**settings, "init_weights", "code", "launch" (with several processes)}, JSON-ready.
     """
+    layout = launch.identity() if launch is not None else None
     return {**settings, "init_weights": weights_digest(init_model), "code": code_digest(training_module),
-            **({"launch": launch.identity()} if launch is not None else {})}
+            **({"launch": layout} if layout is not None else {})}
 
 
 def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:

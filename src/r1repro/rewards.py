@@ -362,6 +362,68 @@ def reward_functions(
     return funcs, list(checked.values())
 
 
+# ---------------------------------------------------------------------------------------------------
+# Truncated completions (the Dr. GRPO paper's code: "Set zero reward for truncated outputs")
+# ---------------------------------------------------------------------------------------------------
+
+TRUNCATED_TERM = "truncated"
+
+TruncationTest = Callable[[list[int], str], bool]
+
+
+def _truncation_flags(completions: Any, completion_ids: Any, is_truncated: TruncationTest) -> list[bool]:
+    """Which completions were cut at the length cap, from TRL's `completion_ids` and their text."""
+    if completion_ids is None:
+        raise ValueError("truncated-completion rewards need TRL's completion_ids (TRL >= 0.19 passes them)")
+    return [bool(is_truncated(list(ids), completion_text(c))) for ids, c in zip(completion_ids, completions)]
+
+
+class ZeroIfTruncated:
+    """A reward function that scores a truncated completion 0 and the others as `func` does."""
+
+    def __init__(self, func: RewardFunc, is_truncated: TruncationTest) -> None:
+        self.func, self.is_truncated = func, is_truncated
+        inner = getattr(func, "func", func)  # keep the log key TRL would give `func` (rewards/<name>/mean)
+        self.__name__ = getattr(func, "__name__", getattr(inner, "__name__", "reward"))
+
+    def __call__(self, completions: Any, completion_ids: Any = None, **kwargs: Any) -> list[float]:
+        scores = self.func(completions=completions, completion_ids=completion_ids, **kwargs)
+        flags = _truncation_flags(completions, completion_ids, self.is_truncated)
+        return [0.0 if cut else float(score) for score, cut in zip(scores, flags)]
+
+
+class TruncatedReward:
+    """The reward term of truncated completions: `value` for each one, 0 for the others."""
+
+    def __init__(self, value: float, is_truncated: TruncationTest) -> None:
+        self.value, self.is_truncated = float(value), is_truncated
+        self.__name__ = f"{TRUNCATED_TERM}_reward"
+
+    def __call__(self, completions: Any, completion_ids: Any = None, **kwargs: Any) -> list[float]:
+        flags = _truncation_flags(completions, completion_ids, self.is_truncated)
+        return [self.value if cut else 0.0 for cut in flags]
+
+
+def with_truncated_reward(funcs: list[RewardFunc], value: float,
+                          is_truncated: TruncationTest) -> list[RewardFunc]:
+    """Reward functions under which a truncated completion's whole reward is `value`.
+
+    Every function scores a truncated completion 0, and one more term (`TRUNCATED_TERM`, to be
+    weighted 1) adds `value`: with value 0, the paper's rule. The term is logged like any reward, so
+    the share of truncated completions shows in TRL's logs whenever value is not 0.
+
+    Args:
+        funcs: the reward functions (`reward_functions`).
+        value: params `rl.truncated_reward`.
+        is_truncated: (completion token ids, completion text) -> cut at the length cap before it stopped
+            (`r1repro.stops.is_truncated` with the run's stop policy and max_completion_length).
+
+    Returns:
+        funcs wrapped, then the truncated term.
+    """
+    return [*(ZeroIfTruncated(f, is_truncated) for f in funcs), TruncatedReward(value, is_truncated)]
+
+
 class CombinedReward:
     """The weighted sum of named rewards, as one picklable TRL reward function."""
 

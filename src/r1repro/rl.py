@@ -43,9 +43,14 @@ Several processes (`common.num_processes` > 1): each run trains under `accelerat
 the processes, the diagnostics gather every process's completions, and the main process writes them.
 
 Notes on what TRL logs here (and so what the diagnostics hold):
-* Each batch of completions is used for exactly one optimiser step (TRL's num_iterations=1), so the
-  sampling policy equals the trained one, the importance ratio is exactly 1 and the clip ratio is 0
-  by construction; it would move only with num_iterations > 1.
+* A rollout (prompts_per_step x num_generations completions) is split into `rl.updates_per_rollout`
+  mini-batches, one optimiser step each, in one pass (TRL's steps_per_generation, num_iterations=1).
+  With 1 (the CPU default) the sampling policy equals the trained one, the importance ratio is exactly
+  1 and the clip ratio 0 by construction; the Dr. GRPO paper's 1.5B script takes 8 steps per rollout,
+  so from the second the ratio moves and the clip acts. Only a rollout's first step has the
+  completions in its diagnostics row; the later ones carry TRL's metrics and `rollout_step`.
+* A completion cut at max_completion_length before it stopped scores `rl.truncated_reward` in all when
+  that is set (the paper's code: 0), and is graded like the rest when it is None (the CPU default).
 * With beta 0 (the Dr. GRPO paper's setting) TRL computes no KL term and logs none: `kl` is None.
 * A group whose rewards are all equal has advantage 0 under both algorithms: no learning signal.
   Caveat (TRL 1.16): the group mean is taken in float32, so equal rewards that are not binary
@@ -72,13 +77,14 @@ from r1repro.config import CommonParams, ConfigError, RlParams
 from r1repro.data import load_subset
 from r1repro.distributed import Launch, per_process
 from r1repro.pipeline import seed_suffix
-from r1repro.modeling import (bf16_mixed_precision, end_of_turn_id, load_model, load_tokenizer, lora_config,
-                              resolve_device, training_weights_dtype)
-from r1repro.rewards import reward_functions
+from r1repro.modeling import (bf16_mixed_precision, checkpointing_argument, load_model, load_tokenizer,
+                              lora_config, resolve_device, training_weights_dtype)
+from r1repro.rewards import TRUNCATED_TERM, TruncationTest, reward_functions, with_truncated_reward
 from r1repro.rl_diagnostics import COMPLETIONS_FILE, DIAGNOSTICS_FILE, Diagnostics, load_diagnostics
 # Re-exported: the rl notebook compares its runs with rl.curves_frame, rl.heldout_frame, rl.late_means.
 from r1repro.rl_diagnostics import curves_frame, heldout_frame, late_means  # noqa: F401
 from r1repro.rl_heldout import HeldoutEval
+from r1repro.stops import StopPolicy, is_truncated, stop_policy_for, trl_generation_kwargs
 from r1repro.rollout import RolloutChoice, announce, choose_rollout
 from r1repro.templates import render_prompt
 
@@ -105,9 +111,88 @@ def monitored_weights(weights: Mapping[str, float]) -> dict[str, float]:
     return {**dict(weights), **{n: 0.0 for n in MONITORED_REWARDS if n not in weights}}
 
 
+@dataclass(frozen=True)
+class RolloutBatches:
+    """How one rollout is cut up, on each process.
+
+    Attributes:
+        rollout: completions generated at once over all processes (prompts_per_step x num_generations).
+        step: completions of one optimiser step on this process.
+        micro_batch: completions per forward/backward pass on this process.
+        accumulation_steps: micro-batches per optimiser step (TRL's gradient_accumulation_steps).
+        steps_per_generation: micro-batches a rollout lasts on this process (TRL's steps_per_generation).
+        updates_per_rollout: optimiser steps per rollout (rl.updates_per_rollout).
+    """
+
+    rollout: int
+    step: int
+    micro_batch: int
+    accumulation_steps: int
+    steps_per_generation: int
+    updates_per_rollout: int
+
+    def as_dict(self) -> dict[str, int]:
+        """JSON-ready, for protocol.json."""
+        return dict(vars(self))
+
+
+def reward_weights(cfg: RlParams) -> dict[str, float]:
+    """{reward term: weight} in TRL's order: the monitored rewards, then the truncated term (weight 1)
+    when rl.truncated_reward is set (`r1repro.rewards.with_truncated_reward`)."""
+    weights = monitored_weights(cfg.reward_weights)
+    return weights if cfg.truncated_reward is None else {**weights, TRUNCATED_TERM: 1.0}
+
+
+def reward_terms(cfg: RlParams, *, timeout_s: float,
+                 is_truncated: TruncationTest) -> tuple[dict[str, float], list[Any]]:
+    """The run's reward functions and their weights, index-aligned.
+
+    Args:
+        cfg: the validated `rl` section (reward_weights, truncated_reward).
+        timeout_s: grading time limit per completion (common.grading_timeout_s).
+        is_truncated: (completion ids, text) -> cut at max_completion_length before it stopped.
+
+    Returns:
+        ({name: weight} as `reward_weights(cfg)`, functions).
+    """
+    funcs, _ = reward_functions(monitored_weights(cfg.reward_weights), timeout_s=timeout_s)
+    if cfg.truncated_reward is not None:
+        funcs = with_truncated_reward(funcs, cfg.truncated_reward, is_truncated)
+    return reward_weights(cfg), funcs
+
+
+def rollout_batches(cfg: RlParams, num_processes: int | None = None) -> RolloutBatches:
+    """Split a rollout into optimiser steps and micro-batches, per process.
+
+    Args:
+        cfg: the validated `rl` section.
+        num_processes: processes sharing each step (default: this launch's world size).
+
+    Raises:
+        ConfigError: a step does not split evenly over the processes or into micro-batches.
+    """
+    rollout = cfg.prompts_per_step * cfg.num_generations
+    step = per_process(rollout // cfg.updates_per_rollout,
+                       "rl.prompts_per_step x rl.num_generations / rl.updates_per_rollout", num_processes)
+    micro = cfg.micro_batch_size or step
+    if step % micro:
+        raise ConfigError(f"rl.micro_batch_size ({micro}) must divide each process's {step} completions "
+                          "of an optimiser step")
+    accumulation = step // micro
+    return RolloutBatches(rollout=rollout, step=step, micro_batch=micro, accumulation_steps=accumulation,
+                          steps_per_generation=accumulation * cfg.updates_per_rollout,
+                          updates_per_rollout=cfg.updates_per_rollout)
+
+
+def optimizer_steps_per_rollout(args: GRPOConfig) -> int:
+    """Optimiser steps TRL takes on each generated batch, read back from its config."""
+    return args.steps_per_generation * args.num_iterations // args.gradient_accumulation_steps
+
+
 def grpo_config(cfg: RlParams, run: str, *, output_dir: Path | str, seed: int, use_vllm: bool = False,
                 use_cpu: bool = False, bf16: bool = False, keep_checkpoints: int = 1,
-                num_processes: int | None = None, continuous_batching: bool = False) -> GRPOConfig:
+                num_processes: int | None = None, continuous_batching: bool = False,
+                generation_kwargs: dict[str, Any] | None = None) -> GRPOConfig:
     """TRL's `GRPOConfig` for one run of stage 3.
 
     Args:
@@ -121,9 +206,11 @@ def grpo_config(cfg: RlParams, run: str, *, output_dir: Path | str, seed: int, u
         keep_checkpoints: newest checkpoints kept (older ones are deleted after a newer one is complete).
         num_processes: processes sharing each step (default: this launch's world size, 1 in place).
         continuous_batching: generate with transformers' continuous batching (when not use_vllm).
+        generation_kwargs: passed to TRL's rollouts (GenerationConfig or vLLM SamplingParams): where
+            they stop (`r1repro.stops`).
 
     Returns:
-        The config; its reward_weights follow `monitored_weights(cfg.reward_weights)`.
+        The config; its reward_weights follow `reward_weights(cfg)`.
 
     Raises:
         ConfigError: `run` is not in rl.runs, or a step does not split evenly over the processes.
@@ -131,12 +218,7 @@ def grpo_config(cfg: RlParams, run: str, *, output_dir: Path | str, seed: int, u
     if run not in cfg.runs:
         raise ConfigError(f"rl.runs has no run {run!r}; runs: {', '.join(cfg.runs)}")
     algorithm = cfg.runs[run]
-    # A step is prompts_per_step x num_generations completions in all; each process takes an equal share.
-    per_step = per_process(cfg.prompts_per_step * cfg.num_generations,
-                           "rl.prompts_per_step x rl.num_generations", num_processes)
-    micro = cfg.micro_batch_size or per_step
-    if per_step % micro:
-        raise ConfigError(f"rl.micro_batch_size ({micro}) must divide each process's {per_step} completions")
+    batches = rollout_batches(cfg, num_processes)
     return GRPOConfig(
         output_dir=str(output_dir),
         # Dr. GRPO modification 1 (Liu et al., 2025, Sec. 3.1): "dr_grpo" sums token losses over the
@@ -147,15 +229,24 @@ def grpo_config(cfg: RlParams, run: str, *, output_dir: Path | str, seed: int, u
         # divides by std(group), the question-difficulty bias the paper removes.
         scale_rewards=algorithm.scale_rewards,
         multi_objective_aggregation="sum_then_normalize",  # weighted sum first, as both papers do
-        reward_weights=list(monitored_weights(cfg.reward_weights).values()),
+        reward_weights=list(reward_weights(cfg).values()),
         beta=cfg.beta, epsilon=cfg.epsilon, num_generations=cfg.num_generations,
-        # One optimiser step = prompts_per_step prompts x num_generations completions, generated at
-        # once and fed through forward/backward in micro-batches on each process (TRL's
-        # steps_per_generation follows gradient_accumulation_steps, so one generation per step).
-        per_device_train_batch_size=micro, gradient_accumulation_steps=per_step // micro,
-        num_iterations=1,  # one update per batch: on-policy, so the clip ratio stays 0 (see module doc)
+        # One rollout = prompts_per_step prompts x num_generations completions, generated at once and
+        # split into updates_per_rollout mini-batches, one optimiser step each, fed through
+        # forward/backward in micro-batches on each process. TRL counts micro-batches: a generation
+        # lasts steps_per_generation of them, gradient_accumulation_steps make one optimiser step.
+        # The paper's 1.5B script: 1,024 completions, 8 steps of 128 (the clip acts from the second).
+        per_device_train_batch_size=batches.micro_batch,
+        gradient_accumulation_steps=batches.accumulation_steps,
+        steps_per_generation=batches.steps_per_generation,
+        num_iterations=1,  # one pass over each rollout, as the paper's num_ppo_epochs 1
         max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, top_p=1.0,
-        mask_truncated_completions=False,  # truncated responses are scored, as in both papers
+        # Truncated completions stay in the loss; what they score is rl.truncated_reward (`reward_terms`).
+        mask_truncated_completions=False,
+        # TRL 1.16 reweights vLLM rollouts by training/vLLM log-prob ratios by default; the paper's code
+        # has no such correction, and a ratio multiplied over 3,000 tokens weighs completions by length.
+        vllm_importance_sampling_correction=cfg.vllm_importance_sampling,
+        generation_kwargs=generation_kwargs,
         learning_rate=cfg.learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         max_steps=cfg.max_steps, seed=seed, data_seed=seed,
         shuffle_dataset=False,  # build_dataset fixes the (seeded) order, the same for every run
@@ -163,7 +254,7 @@ def grpo_config(cfg: RlParams, run: str, *, output_dir: Path | str, seed: int, u
         save_total_limit=keep_checkpoints, save_only_model=False,  # optimiser state, for resuming
         use_vllm=use_vllm, vllm_mode="colocate", use_cpu=use_cpu, bf16=bf16,
         use_transformers_continuous_batching=continuous_batching and not use_vllm,
-        activation_checkpointing=cfg.gradient_checkpointing, disable_dropout=True,
+        **checkpointing_argument(cfg.gradient_checkpointing), disable_dropout=True,
         report_to="none", push_to_hub=False, log_completions=False,  # diagnostics go through dvclive
         ddp_find_unused_parameters=False,  # several processes: every weight is used; skip DDP's search
     )
@@ -182,7 +273,7 @@ def prompt_order(num_rows: int, num_prompts: int, seed: int) -> list[int]:
 
     Args:
         num_rows: rows available.
-        num_prompts: prompts needed (max_steps x prompts_per_step).
+        num_prompts: prompts needed (`RlParams.prompts_needed`).
         seed: common.seed.
 
     Returns:
@@ -207,7 +298,7 @@ def build_dataset(rows: Sequence[Mapping[str, Any]], template: str, tokenizer: A
         template: a key of r1repro.templates.TEMPLATES.
         tokenizer: the policy's tokenizer (for chat templates).
         seed: common.seed.
-        num_prompts: max_steps x prompts_per_step.
+        num_prompts: `cfg.prompts_needed()`.
 
     Returns:
         A `datasets.Dataset` with columns `prompt` (the rendered string TRL tokenizes), `answer`
@@ -248,7 +339,9 @@ def run_fingerprint(cfg: RlParams, run: str, common: CommonParams,
         "gradient_checkpointing", "seeds"})
     chosen = {"rows": io.text_digest(str(r.get("id", r["problem"])) for r in rows)} if rows is not None else {}
     settings = {"run": run, **cfg.runs[run].model_dump(mode="json"), **shared,
-                "seed": common.seed, "dtype": common.dtype, **chosen}
+                "seed": common.seed, "dtype": common.dtype, **chosen,
+                # where rollouts stop; recorded only when on, so runs made before the setting still resume
+                **({"stop_at_answer_close": True} if common.stop_at_answer_close else {})}
     return resumable.fingerprint("rl", cfg.init_model, settings, launch)
 
 
@@ -298,19 +391,25 @@ class RunResult:
     rollout: dict = field(default_factory=dict)
 
 
-def stop_on_end_of_turn(model: Any, tokenizer: Any, template: str) -> list[int]:
-    """Make generation stop at the template's end-of-turn token; return every stopping id.
+def stop_on_end_of_turn(trainer: GRPOTrainer, policy: StopPolicy) -> None:
+    """Make TRL end each completion where the run's stop policy does (`r1repro.stops`).
 
-    TRL stops sampling, and cuts the loss mask, at model.generation_config.eos_token_id plus the
-    tokenizer's eos. A chat model whose end-of-turn marker differs from its eos (Qwen2.5-Math:
-    <|im_end|> vs <|endoftext|>) would otherwise run on past the end of its answer.
+    The rollouts themselves stop through `GRPOConfig.generation_kwargs` (`trl_generation_kwargs`:
+    vLLM's stop_token_ids and stop strings, or transformers' eos_token_id list). TRL 1.16 also keeps
+    `eos_token_ids`, read once from the model's generation_config and the tokenizer, to cut each
+    transformers rollout's mask after its first EOS and to count clipped completions; a chat model
+    whose end-of-turn marker differs from its EOS (Qwen2.5-Math: <|im_end|> vs <|endoftext|>) would
+    keep a pad token after <|im_end|>. They are set to the policy's ids here, on the trainer, so the
+    model's generation_config is never changed: the saved RL model keeps the one it was loaded with,
+    as base and SFT models do.
+
+    Raises:
+        RuntimeError: this TRL's trainer keeps no `eos_token_ids` (another TRL layout: check it).
     """
-    marker_id = end_of_turn_id(template, tokenizer)
-    configured = model.generation_config.eos_token_id
-    ids = configured if isinstance(configured, list) else [configured]
-    ids = [i for i in dict.fromkeys([*ids, tokenizer.eos_token_id, marker_id]) if i is not None]
-    model.generation_config.eos_token_id = ids
-    return ids
+    if not isinstance(getattr(trainer, "eos_token_ids", None), list):
+        raise RuntimeError("GRPOTrainer.eos_token_ids not found: this TRL version cuts completions "
+                           "elsewhere; update r1repro.rl.stop_on_end_of_turn")
+    trainer.eos_token_ids = list(policy.token_ids)
 
 
 def _callbacks(cfg: RlParams, common: CommonParams, tokenizer: Any, diagnostics: Diagnostics,
@@ -323,7 +422,8 @@ def _callbacks(cfg: RlParams, common: CommonParams, tokenizer: Any, diagnostics:
     heldout_rows = list(heldout_rows)[:cfg.eval_limit]  # the curve's points; before/after use all of them
     return [diagnostics, HeldoutEval(heldout_rows, cfg.template, tokenizer, cfg.eval_sampling, cfg.eval_steps,
                                      diagnostics, seed=common.seed, timeout_s=common.grading_timeout_s,
-                                     batch_size=common.generation_batch_size, workers=common.grading_workers)]
+                                     batch_size=common.generation_batch_size, workers=common.grading_workers,
+                                     stop_policy=stop_policy_for(common, cfg.template, tokenizer))]
 
 
 class AutocastRolloutsTrainer(GRPOTrainer):
@@ -367,24 +467,30 @@ def make_trainer(cfg: RlParams, run: str, common: CommonParams, *,
     bf16 = bf16_mixed_precision(common.dtype, device)
     model = load_model(cfg.init_model, dtype=training_weights_dtype(bf16, cfg.lora), device=device,
                        trust_remote_code=common.trust_remote_code)
-    stop_ids = stop_on_end_of_turn(model, tokenizer, cfg.template)
+    stops = stop_policy_for(common, cfg.template, tokenizer)  # as every stage's generation stops
+
+    def truncated(ids: list[int], text: str) -> bool:  # cut at the cap before any stop token or string
+        return is_truncated(ids, text, stops, cfg.max_completion_length)
     rows = load_subset(common.data_dir, cfg.prompts, key="rl.prompts") if rows is None else rows
-    dataset = build_dataset(rows, cfg.template, tokenizer, seed=common.seed,
-                            num_prompts=cfg.max_steps * cfg.prompts_per_step)
-    weights = monitored_weights(cfg.reward_weights)
-    funcs, _ = reward_functions(weights, timeout_s=common.grading_timeout_s)
-    diagnostics = Diagnostics(run, run_dir, weights, cfg.num_generations, stop_ids, live_dir)
+    dataset = build_dataset(rows, cfg.template, tokenizer, seed=common.seed, num_prompts=cfg.prompts_needed())
+    weights, funcs = reward_terms(cfg, timeout_s=common.grading_timeout_s, is_truncated=truncated)
+    diagnostics = Diagnostics(run, run_dir, weights, cfg.num_generations, stops.token_ids, live_dir,
+                              is_truncated=truncated)
     if rollout is None:
         rollout = choose_rollout(common.backend, device)
         announce(rollout, run)
+    use_vllm = rollout.engine == "vllm"
     args = grpo_config(cfg, run, output_dir=run_dir / CHECKPOINTS, seed=common.seed,
-                       use_vllm=rollout.engine == "vllm", use_cpu=device == "cpu",
-                       bf16=bf16, continuous_batching=rollout.engine == "transformers_continuous")
+                       use_vllm=use_vllm, use_cpu=device == "cpu",
+                       bf16=bf16, continuous_batching=rollout.engine == "transformers_continuous",
+                       # ConfigError here for stop strings with transformers rollouts (r1repro.stops)
+                       generation_kwargs=trl_generation_kwargs(stops, use_vllm=use_vllm))
     trainer = AutocastRolloutsTrainer(
         model=model, reward_funcs=diagnostics.wrap(funcs), args=args, train_dataset=dataset,
         processing_class=tokenizer, peft_config=lora_config(cfg.lora),
         callbacks=[*_callbacks(cfg, common, tokenizer, diagnostics, heldout_rows), *callbacks],
     )
+    stop_on_end_of_turn(trainer, stops)
     return trainer, diagnostics
 
 

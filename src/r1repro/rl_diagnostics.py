@@ -193,12 +193,16 @@ class Diagnostics(TrainerCallback):
         num_generations: group size.
         stop_ids: token ids that end a response (end-of-turn and EOS).
         live_dir: the dvclive folder (default run_dir/dvclive).
+        is_truncated: (completion ids, text) -> cut at the length cap before it stopped (the run's
+            `r1repro.stops.is_truncated`, which also knows stop strings); default: no stop id in it.
     """
 
     def __init__(self, run: str, run_dir: Path, weights: Mapping[str, float], num_generations: int,
-                 stop_ids: Sequence[int], live_dir: Path | None = None):
+                 stop_ids: Sequence[int], live_dir: Path | None = None,
+                 is_truncated: Callable[[list[int], str], bool] | None = None):
         self.run, self.run_dir, self.weights = run, Path(run_dir), dict(weights)
         self.num_generations, self.stop_ids = num_generations, set(stop_ids)
+        self.is_truncated = is_truncated or (lambda ids, text: not self.stop_ids.intersection(ids))
         self.live_dir = Path(live_dir) if live_dir else self.run_dir / "dvclive"
         self.rows: list[dict] = []
         self.live: Any = None
@@ -224,7 +228,8 @@ class Diagnostics(TrainerCallback):
                 question_ids=[str(q) for q in (question_ids or [""] * len(completions))],
                 completions=[c if isinstance(c, str) else str(c) for c in completions],
                 lengths=[len(c) for c in ids],
-                truncated=[not self.stop_ids.intersection(c) for c in ids],
+                truncated=[self.is_truncated(i, c if isinstance(c, str) else str(c))
+                           for i, c in zip(ids, completions)],
             )
         self._pending.rewards[name] = [float(s) for s in scores]
 
@@ -259,7 +264,9 @@ class Diagnostics(TrainerCallback):
         self._times = (self._times[0], time.perf_counter())  # before any held-out evaluation runs
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self._pending is None:  # the end-of-training summary, not a step
+        if self._pending is None:
+            if logs and "loss" in logs and self.writes:  # not the end-of-training summary
+                self._emit(self._update_row(state.global_step, logs), [])
             return
         rollouts, self._pending = self._pending, None
         if args.world_size > 1:  # every process joins the gather; the main one gets the whole step
@@ -279,6 +286,14 @@ class Diagnostics(TrainerCallback):
             self.live.end()
 
     # --- helpers -----------------------------------------------------------------------------------
+
+    def _update_row(self, step: int, logs: Mapping[str, Any]) -> dict[str, Any]:
+        """A later optimiser step on the rollout an earlier row scored (rl.updates_per_rollout > 1):
+        TRL's metrics (loss, clip ratio, ...) and the step time; the completions are in that row."""
+        rollout_step = next((r["step"] for r in reversed(self.rows) if "groups" in r), None)
+        return {"step": step, "rollout_step": rollout_step,
+                **{ours: logs.get(theirs) for theirs, ours in TRL_KEYS.items()},
+                "step_time_s": self._times[1] - self._times[0], **self._heldout.pop(step, {})}
 
     @staticmethod
     def _keep_through(path: Path, step: int) -> list[dict]:

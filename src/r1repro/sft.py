@@ -48,8 +48,8 @@ from transformers import TrainerCallback
 
 from r1repro.config import CommonParams, LoraParams, SftParams
 from r1repro.distributed import Launch, per_process
-from r1repro.modeling import (bf16_mixed_precision, load_model, load_tokenizer, lora_config, resolve_device,
-                              training_weights_dtype)
+from r1repro.modeling import (bf16_mixed_precision, checkpointing_argument, load_model, load_tokenizer,
+                              lora_config, resolve_device, training_weights_dtype)
 from r1repro.resumable import (RunFiles, Trained, checkpoint_step, finished_record, fingerprint, resume_point,
                                run_launched_job, run_training)
 
@@ -276,7 +276,7 @@ def _sft_config(checkpoint_dir: Path, settings: TrainSettings, on_cpu: bool, pro
         use_cpu=on_cpu, dataloader_pin_memory=not on_cpu,
         # TRL turns both on by default: bf16 follows common.dtype instead (autocast is emulated and slow
         # on CPUs without native bf16), and checkpointing costs ~20% time.
-        bf16=s.bf16, activation_checkpointing=s.gradient_checkpointing,
+        bf16=s.bf16, **checkpointing_argument(s.gradient_checkpointing),
         # Several processes (DDP): every trainable weight takes part in each forward pass, so DDP's
         # search for unused ones would only cost an extra pass over the graph per step.
         ddp_find_unused_parameters=False,

@@ -20,6 +20,9 @@ Templates (the registry `TEMPLATES`):
 - `r1_chat`: ours, not the paper's: the R1 instructions as system turn, the question as user turn,
   and the assistant turn prefilled with `<think>`. Instruct models such as SmolLM2 follow a system
   turn far better than a plain-text preamble.
+
+The r1 family (r1, r1_chat: `answer_close(name)` is "</answer>") asks for a response that ends with
+`</answer>`; with `common.stop_at_answer_close` generation stops there too (`r1repro.stops`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any, Literal
 TemplateName = Literal["r1", "qwen_math", "none", "chat", "r1_chat"]
 
 THINK_PREFILL = "<think>"
+ANSWER_CLOSE = "</answer>"  # the last tag of an R1-format response
 
 # The R1-Zero instructions, worded exactly as in the Dr. GRPO paper's R1 template: the template is
 # part of the experiment, so it is kept verbatim rather than paraphrased.
@@ -54,6 +58,8 @@ class PromptTemplate:
         uses_chat_template: whether rendering goes through `tokenizer.apply_chat_template`.
         prefill: text the prompt ends with that belongs to the response format.
         description: one line for error messages and docs.
+        answer_close: the string a well-formed response ends with ("</answer>" for the r1 family),
+            or "" when the format asks for none.
     """
 
     name: str
@@ -61,16 +67,19 @@ class PromptTemplate:
     uses_chat_template: bool
     prefill: str
     description: str
+    answer_close: str = ""
 
 
 TEMPLATES: dict[str, PromptTemplate] = {
     t.name: t
     for t in (
-        PromptTemplate("r1", None, False, THINK_PREFILL, "R1-Zero plain-text template (Dr. GRPO paper)"),
+        PromptTemplate("r1", None, False, THINK_PREFILL, "R1-Zero plain-text template (Dr. GRPO paper)",
+                       answer_close=ANSWER_CLOSE),
         PromptTemplate("qwen_math", QWEN_MATH_SYSTEM, True, "", "Qwen-Math system prompt, chat template"),
         PromptTemplate("none", None, False, "", "the bare question"),
         PromptTemplate("chat", None, True, "", "the model's chat template, question only"),
-        PromptTemplate("r1_chat", R1_INSTRUCTIONS, True, THINK_PREFILL, "R1 instructions as system turn"),
+        PromptTemplate("r1_chat", R1_INSTRUCTIONS, True, THINK_PREFILL, "R1 instructions as system turn",
+                       answer_close=ANSWER_CLOSE),
     )
 }
 
@@ -115,6 +124,18 @@ def prefill(template: str) -> str:
         "<think>" for r1 and r1_chat (the response starts inside the think block), "" otherwise.
     """
     return get_template(template).prefill
+
+
+def answer_close(template: str) -> str:
+    """The string a response to `template` ends with when it keeps the format.
+
+    Args:
+        template: a key of `TEMPLATES`.
+
+    Returns:
+        "</answer>" for the r1 family (r1, r1_chat), "" for templates that ask for no closing tag.
+    """
+    return get_template(template).answer_close
 
 
 def _check_question(question: Any) -> str:
