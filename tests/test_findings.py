@@ -1,16 +1,23 @@
-"""The findings table: verdicts follow from intervals by code, and the table is rebuilt from records alone."""
+"""The findings table: rows are claims, mechanisms or observations; verdicts follow from the test that
+fits each row; only counted claims share the Bonferroni level; the table is rebuilt from records alone."""
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
-from r1repro import findings
-from r1repro.findings import CONTRADICTED, INCONCLUSIVE, REPRODUCED, verdict
+from r1repro import claim_measures, findings
+from r1repro.exact_tests import PairedCounts
+from r1repro.findings import (BY_CONSTRUCTION, CLAIM, CONTRADICTED, INCONCLUSIVE, MECHANISM, OBSERVATION, OBSERVED,
+                              REPRODUCED, verdict)
+from r1repro.pipeline import seed_suffix
 
 
 @pytest.mark.parametrize(("expected", "low", "high", "result"), [
@@ -34,6 +41,17 @@ def test_verdict_refuses_nonsense() -> None:
         verdict(1, 0.3, 0.1)
 
 
+@pytest.mark.parametrize(("counts", "level", "result"), [
+    (PairedCounts(fixed=12, broken=0, n=40), 0.95, REPRODUCED),
+    (PairedCounts(fixed=0, broken=12, n=40), 0.95, CONTRADICTED),
+    (PairedCounts(fixed=6, broken=0, n=64), 1 - 0.05 / 7, INCONCLUSIVE),  # p = 0.031 > 0.05/7
+    (PairedCounts(fixed=6, broken=0, n=64), 0.95, REPRODUCED),            # p = 0.031 < 0.05
+    (PairedCounts(fixed=5, broken=6, n=64), 0.95, INCONCLUSIVE),
+])
+def test_each_verdict_is_reachable_through_the_exact_test(counts, level, result) -> None:
+    assert verdict(+1, *counts.interval(level)) == result
+
+
 def _write(path: Path, rows) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(rows, dict):
@@ -42,24 +60,39 @@ def _write(path: Path, rows) -> None:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _group(correct: list[bool], lengths: list[int]) -> dict:
     rewards = [1.0 * c + 0.5 for c in correct]
     return {"question_id": "q", "rewards": rewards, "correct": correct, "lengths": lengths,
             "truncated": [False] * len(correct)}
 
 
-def make_results(root: Path, n: int = 60) -> Path:
+def _diagnostics(run: str) -> list[dict]:
+    """Two groups a step; step 1's drawn identically by both runs (the same start and seed), and
+    later GRPO's incorrect answers longer by 40 + step tokens."""
+    rows = [{"step": 0}]
+    for step in range(1, 9):
+        long = 70 if step == 1 or run == "dr_grpo" else 110 + step
+        rows.append({"step": step, "groups": [_group([True, False, False, False], [60, long, long + 4, long - 4]),
+                                              _group([True, True, False, False], [60, 60, long, long])]})
+    return rows
+
+
+def make_results(root: Path, n: int = 60, seeds: tuple[int, ...] = (7, 8)) -> Path:
     """Records of a made-up run in which each claim's effect is planted (or absent) on purpose."""
     results = root / "results"
     qs = [f"q{i}" for i in range(n)]
     probe = []
     for i, q in enumerate(qs):
-        probe.append({"model": "m", "template": "r1", "question_id": q, "attempted": True,
+        probe.append({"model": "Tiny-Instruct", "template": "r1", "question_id": q, "attempted": True,
                       "correct": i % 3 == 0, "reflection_keywords": 1 if i % 4 == 0 else 0})
-        probe.append({"model": "m", "template": "none", "question_id": q, "attempted": i % 5 == 0,
+        probe.append({"model": "Tiny-Instruct", "template": "none", "question_id": q, "attempted": i % 5 == 0,
                       "correct": False, "reflection_keywords": 0})
     _write(results / "probe" / "records_templates.jsonl", probe)
-    exploration = [{"model": "m", "template": "r1", "question_id": q, "temperature": t, "sample_index": j,
+    exploration = [{"model": "Tiny-Instruct", "template": "r1", "question_id": q, "temperature": t, "sample_index": j,
                     "correct": (t > 0 and j == i % 4) or (t == 0 and i % 10 == 0)}
                    for i, q in enumerate(qs) for t in (0.0, 1.0) for j in range(4)]
     _write(results / "probe" / "records_exploration.jsonl", exploration)
@@ -68,26 +101,29 @@ def make_results(root: Path, n: int = 60) -> Path:
     _write(results / "sft" / "records_after.jsonl",
            [{"question_id": q, "formatted": True, "correct": i % 5 == 0, "language": 1.0}
             for i, q in enumerate(qs)])
+    word_ops = {"file": None, "synthetic": {"task": "word_ops", "size": 1800}}
     _write(results / "rl" / "protocol.json", {"params": {
         "runs": {"grpo": {"loss_type": "grpo", "scale_rewards": "group"},
-                 "dr_grpo": {"loss_type": "dr_grpo", "scale_rewards": "none"}}, "seeds": [7, 8]}})
+                 "dr_grpo": {"loss_type": "dr_grpo", "scale_rewards": "none"}}, "seeds": list(seeds),
+        "init_model": "models/sft", "output_dir": "models/rl", "prompts": word_ops, "heldout": word_ops}})
     _write(results / "rl" / "records_start.jsonl", [{"question_id": q, "correct": i % 10 == 0}
                                                     for i, q in enumerate(qs)])
-    for run in ("grpo", "dr_grpo"):  # GRPO: no change; Dr. GRPO: planted gain on both seeds
-        for seed, suffix in ((7, ""), (8, "_seed8")):
-            gain = run == "dr_grpo"
+    for run in ("grpo", "dr_grpo"):  # GRPO: no change; Dr. GRPO: planted gain on every seed
+        for seed in seeds:
+            suffix, gain = seed_suffix(seed, list(seeds)), run == "dr_grpo"
             _write(results / "rl" / f"records_{run}{suffix}.jsonl",
                    [{"question_id": q, "correct": i % 10 == 0 or (gain and i % 3 == 1)} for i, q in enumerate(qs)])
-            long = 110 if run == "grpo" else 70  # GRPO's incorrect answers longer
-            diagnostics = [{"step": step, "groups": [_group([True, False, False, False], [60, long, long + 4, long - 4]),
-                                                     _group([True, True, False, False], [60, 60, long, long])]}
-                           for step in range(1, 9)]
-            _write(results / "rl" / f"diagnostics_{run}{suffix}.jsonl", [{"step": 0}] + diagnostics)
-    _write(results / "eval" / "protocol.json", {"params": {"distill_vs_rl": {
-        "start": "base", "rl": "dr_grpo", "distilled": "student", "benchmark": "asdiv_test"}}})
+            _write(results / "rl" / f"diagnostics_{run}{suffix}.jsonl", _diagnostics(run))
+    _write(results / "distill" / "protocol.json", {"params": {"teacher": "models/rl/dr_grpo/final"}})
+    _write(results / "eval" / "protocol.json", {"params": {
+        "distill_vs_rl": {"start": "base", "rl": "dr_grpo", "distilled": "student", "benchmark": "asdiv_test"},
+        "models": {"cold_start_sft": "models/sft", "grpo": "models/rl/grpo/final",
+                   "dr_grpo": "models/rl/dr_grpo/final", "student": "models/distill/student"}}})
+    right = {"dr_grpo": lambda i: i % 2 == 0, "student": lambda i: False,  # the RL route planted higher
+             "cold_start_sft": lambda i: i % 4 == 0, "grpo": lambda i: i % 4 in (0, 1)}
     _write(results / "eval" / "records.jsonl",
-           [{"model": m, "benchmark": "asdiv_test", "mode": "greedy", "question_id": q,
-             "correct": (m == "dr_grpo" and i % 2 == 0)} for m in ("dr_grpo", "student") for i, q in enumerate(qs)])
+           [{"model": m, "benchmark": "asdiv_test", "mode": "greedy", "question_id": q, "correct": right[m](i)}
+            for m in right for i, q in enumerate(qs)])
     return results
 
 
@@ -100,19 +136,96 @@ def test_planted_effects_get_the_verdicts_they_should(tmp_path: Path) -> None:
     assert all(r.measured for r in rows.values())
     assert rows["template_answer_rate"].verdict == REPRODUCED
     assert rows["template_answer_rate"].value == pytest.approx(1 - 12 / 60)
-    assert rows["reflection_before_rl"].verdict == REPRODUCED
+    assert (rows["template_answer_rate"].fixed, rows["template_answer_rate"].broken) == (48, 0)
+    assert rows["template_answer_rate"].p_value == pytest.approx(2 * 0.5 ** 48)
     assert rows["sft_format"].verdict == REPRODUCED and rows["sft_format"].value == 1.0
+    assert rows["temperature_raises_pass_at_k"].verdict == REPRODUCED  # pass@4 = any of 4: binary, exact
     assert rows["rl_gain_dr_grpo"].verdict == REPRODUCED
-    assert rows["rl_gain_grpo"].verdict == INCONCLUSIVE and rows["rl_gain_grpo"].value == 0.0
-    assert rows["length_bias"].verdict == REPRODUCED and rows["length_bias"].value == pytest.approx(40.0)
+    assert "bootstrap" in rows["rl_gain_dr_grpo"].test and "2 seeds" in rows["rl_gain_dr_grpo"].test
+    assert rows["rl_gain_dr_grpo"].fixed is None  # per-question means over 2 seeds are not binary
+    assert rows["length_bias"].verdict == REPRODUCED and rows["length_bias"].value == pytest.approx(46.5)
     assert rows["length_bias"].n == 2 * 2 * 4  # 2 groups x 2 seeds x the last 4 of 8 steps
-    assert rows["std_scaling_extremes"].verdict == REPRODUCED
-    assert rows["distill_vs_rl"].verdict == CONTRADICTED  # the RL route planted higher
-    assert rows["pass_at_k_rises_with_k"].verdict == REPRODUCED
-    # Bonferroni over every measured claim: the verdict's interval is wider than the plain one.
+    assert rows["distill_vs_rl"].verdict == CONTRADICTED and rows["distill_vs_rl"].broken == 30
+    # Not tests: a share that cannot fall below 0, a row repeating another, mechanisms, no variation.
+    assert rows["reflection_before_rl"].kind == OBSERVATION and rows["reflection_before_rl"].verdict == OBSERVED
+    assert rows["reflection_before_rl"].value == pytest.approx(15 / 60)
+    assert rows["sft_readability"].kind == OBSERVATION and "same as sft_format" in rows["sft_readability"].why
+    assert rows["rl_gain_grpo"].kind == OBSERVATION and rows["rl_gain_grpo"].value == 0.0
+    for mechanism in ("pass_at_k_rises_with_k", "std_scaling_extremes"):
+        assert rows[mechanism].kind == MECHANISM and rows[mechanism].verdict == BY_CONSTRUCTION
+        assert not rows[mechanism].counted and rows[mechanism].adjusted_low is None
+    assert rows["std_scaling_extremes"].n == 2 * (8 * 2 * 2 - 2)  # per seed: step 1's 2 groups once
+    # Bonferroni over the counted claims only; the verdict's interval is wider than the plain one.
+    counted = [r for r in rows.values() if r.counted]
+    assert {r.kind for r in counted} == {CLAIM} and len(counted) == 8
     r = rows["rl_gain_dr_grpo"]
-    assert r.adjusted_level == pytest.approx(1 - 0.05 / len(rows))
+    assert r.adjusted_level == pytest.approx(1 - 0.05 / 8)
     assert r.adjusted_low <= r.low and r.adjusted_high >= r.high
+    assert not any(r.adjusted_low == r.adjusted_high for r in counted)
+
+
+def test_a_claim_without_variation_becomes_an_uncounted_observation(tmp_path: Path) -> None:
+    results = make_results(tmp_path)
+    before = sum(r.counted for r in findings.build_findings(results, n_boot=200))
+    probe = results / "probe" / "records_templates.jsonl"
+    _write(probe, [{**r, "correct": False} for r in _read(probe)])  # right on none, under either template
+    rows = _by_id(findings.build_findings(results, n_boot=200))
+    row = rows["template_accuracy"]
+    assert row.kind == OBSERVATION and not row.counted and row.verdict == OBSERVED
+    assert (row.low, row.high, row.fixed, row.broken) == (0.0, 0.0, 0, 0)
+    assert "not a test at this size" in row.note and "unknown" in row.note
+    assert sum(r.counted for r in rows.values()) == before - 1
+    assert rows["sft_format"].adjusted_level == pytest.approx(1 - 0.05 / (before - 1))
+
+
+def test_no_variation_is_read_from_the_test_that_fits() -> None:
+    assert findings.no_variation(claim_measures.Measurement(0.0, (0.0, 0.0), "question"))
+    assert findings.no_variation(claim_measures.Measurement(1.0, (1.0, 1.0), "group"))  # a bootstrap of one point
+    # Every question fixed: the differences are all equal, yet the exact interval is not a point.
+    every = claim_measures.Measurement(1.0, (1.0,) * 8, "question", pair=PairedCounts(8, 0, 8))
+    assert not findings.no_variation(every) and findings.interval(every, 0.95, 100, 0)[0] > 0
+
+
+def test_readability_is_a_claim_when_the_language_check_adds_something(tmp_path: Path) -> None:
+    results = make_results(tmp_path)
+    after = results / "sft" / "records_after.jsonl"
+    rows = _read(after)
+    rows[0]["language"] = 0.5  # one formatted answer in two languages: readable != formatted
+    _write(after, rows)
+    row = _by_id(findings.build_findings(results, n_boot=200))["sft_readability"]
+    assert row.kind == CLAIM and row.counted and (row.fixed, row.broken) == (59, 0)
+
+
+def test_one_seed_rl_gain_uses_the_exact_test_and_states_its_caveats(tmp_path: Path) -> None:
+    rows = _by_id(findings.build_findings(make_results(tmp_path, seeds=(7,)), n_boot=200))
+    r = rows["rl_gain_dr_grpo"]
+    assert r.kind == CLAIM and r.test.startswith("exact sign test") and (r.fixed, r.broken) == (18, 0)
+    assert r.verdict == REPRODUCED
+    assert "in-distribution" in r.caveat and "the generated word_ops task" in r.caveat
+    assert "1 training seed" in r.caveat
+    assert "transfer to asdiv_test" in r.caveat and "15 fixed, 0 broken" in r.caveat
+    assert r.extra["transfer"]["fixed"] == 15 and r.extra["transfer"]["n"] == 60
+    assert "Tiny-Instruct is an instruct model, not a base model" in rows["template_answer_rate"].caveat
+    assert "keywords, not an LLM judge" in rows["reflection_before_rl"].caveat
+    distill = rows["distill_vs_rl"].caveat
+    assert "the teacher is the dr_grpo model itself" in distill and "not the paper's Table 6" in distill
+    assert "RL trained on the generated word_ops task while the comparison is on asdiv_test" in distill
+
+
+def test_kinds_and_the_bonferroni_count_reach_json_and_markdown(tmp_path: Path) -> None:
+    results = make_results(tmp_path)
+    rows = findings.write_findings(results, n_boot=300)
+    table = json.loads((results / findings.FINDINGS_JSON).read_text())
+    counted = [r for r in table["findings"] if r["counted"]]
+    assert table["counted_claims"] == len(counted) == 8
+    assert table["kinds"] == {CLAIM: 8, MECHANISM: 2, OBSERVATION: 3}
+    assert all(r["kind"] in (CLAIM, MECHANISM, OBSERVATION) for r in table["findings"])
+    text = (results / findings.FINDINGS_MD).read_text()
+    assert "over the 8 counted claims" in text.lower() and "99.38%" in text
+    assert "8 claims (" in text and "2 mechanisms, 3 observations" in text
+    for row in rows:
+        assert f"| {row.claim} | {row.kind} |" in text
+    assert "48 fixed, 0 broken" in text and "by construction" in text
 
 
 def test_findings_are_rebuilt_from_the_records_alone(tmp_path: Path) -> None:
@@ -126,24 +239,61 @@ def test_findings_are_rebuilt_from_the_records_alone(tmp_path: Path) -> None:
     findings.write_findings(copy, n_boot=500)
     assert (copy / findings.FINDINGS_MD).read_text() == first
     table = json.loads((copy / findings.FINDINGS_JSON).read_text())
-    assert {row["verdict"] for row in table["findings"]} <= {REPRODUCED, CONTRADICTED, INCONCLUSIVE}
+    assert {row["verdict"] for row in table["findings"]} <= {REPRODUCED, CONTRADICTED, INCONCLUSIVE,
+                                                             BY_CONSTRUCTION, OBSERVED}
     # Take a stage's records away: its claims read "not measured" and no longer count for Bonferroni.
     shutil.rmtree(copy / "rl")
     rows = _by_id(findings.write_findings(copy, n_boot=500))
     assert not rows["rl_gain_grpo"].measured and rows["rl_gain_grpo"].verdict == INCONCLUSIVE
     assert "| not measured |" in (copy / findings.FINDINGS_MD).read_text()
-    measured = sum(r.measured for r in rows.values())
-    assert rows["sft_format"].adjusted_level == pytest.approx(1 - 0.05 / measured)
+    counted = sum(r.counted for r in rows.values())
+    assert rows["sft_format"].adjusted_level == pytest.approx(1 - 0.05 / counted)
+
+
+def test_the_committed_findings_are_rebuilt_from_the_committed_records(tmp_path: Path, repo_root: Path) -> None:
+    """results/findings.{md,json} as the report stage writes them from a copy of the run's records,
+    with the run's own resolved settings (results/params.yaml)."""
+    results = repo_root / "results"
+    if not (results / findings.FINDINGS_MD).is_file():
+        pytest.skip("no committed results/")
+    resolved = yaml.safe_load((results / "params.yaml").read_text())
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy, ignore=shutil.ignore_patterns("*.html", "*.ipynb", "live", "plots",
+                                                                 findings.FINDINGS_MD, findings.FINDINGS_JSON))
+    findings.write_findings(copy, confidence=resolved["report"]["confidence"],
+                            n_boot=resolved["report"]["bootstrap_samples"], seed=resolved["common"]["seed"],
+                            split=resolved["splits"]["report_on"])
+    assert (copy / findings.FINDINGS_MD).read_text() == (results / findings.FINDINGS_MD).read_text()
+    assert json.loads((copy / findings.FINDINGS_JSON).read_text()) == \
+        json.loads((results / findings.FINDINGS_JSON).read_text())
 
 
 def test_advantage_weight_matches_trl_normalisations() -> None:
     rewards = [1.0, 0.0, 0.0, 0.0]
-    assert findings.advantage_weight(rewards, scale_by_std=False) == pytest.approx(1.5)
-    assert findings.advantage_weight(rewards, scale_by_std=True) == pytest.approx(1.5 / (0.5 + 1e-4))
-    assert findings.advantage_weight([1.0, 1.0, 1.0], scale_by_std=True) == 0.0
+    assert claim_measures.advantage_weight(rewards, scale_by_std=False) == pytest.approx(1.5)
+    assert claim_measures.advantage_weight(rewards, scale_by_std=True) == pytest.approx(1.5 / (0.5 + 1e-4))
+    assert claim_measures.advantage_weight([1.0, 1.0, 1.0], scale_by_std=True) == 0.0
+
+
+def test_std_scaling_favours_extreme_groups_by_construction() -> None:
+    """Why std_scaling_extremes is a mechanism: with 0/1 rewards in groups of 8, GRPO's weight over
+    Dr. GRPO's is larger for every extreme group (k <= 2 or >= 6 right) than every middle one, so the
+    extreme share is larger under GRPO for any mix of groups."""
+    def weights(k: int) -> tuple[float, float]:
+        rewards = [1.0] * k + [0.0] * (8 - k)
+        return (claim_measures.advantage_weight(rewards, True), claim_measures.advantage_weight(rewards, False))
+
+    ratio = {k: weights(k)[0] / weights(k)[1] for k in range(1, 8)}
+    assert min(ratio[k] for k in (1, 2, 6, 7)) > max(ratio[k] for k in (3, 4, 5))
+    rng = random.Random(0)
+    for _ in range(200):
+        mix = [rng.choice([1, 2, 6, 7]), rng.choice([3, 4, 5])] + [rng.randint(1, 7) for _ in range(rng.randint(0, 20))]
+        extreme = np.array([min(k, 8 - k) <= 2 for k in mix])
+        grpo, dr = np.array([weights(k) for k in mix]).T
+        assert grpo[extreme].sum() / grpo.sum() > dr[extreme].sum() / dr.sum()
 
 
 def test_a_claim_without_its_records_is_not_measured(tmp_path: Path) -> None:
     rows = findings.build_findings(tmp_path / "empty", n_boot=100)
-    assert rows and not any(r.measured for r in rows)
-    assert all(r.verdict == INCONCLUSIVE for r in rows)
+    assert rows and not any(r.measured or r.counted for r in rows)
+    assert all(r.verdict == (INCONCLUSIVE if r.kind == CLAIM else findings.NOT_MEASURED) for r in rows)

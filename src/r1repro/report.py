@@ -500,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         split = params.splits.report_on if params.splits else "test"
     rows = write_findings(results_dir, confidence=cfg.confidence, n_boot=cfg.bootstrap_samples, seed=seed,
                           split=split)
-    print(f"[findings] {len(rows)} claims: " + ", ".join(f"{r.id} {r.verdict}" for r in rows))
+    print(f"[findings] {len(rows)} rows, {sum(r.counted for r in rows)} counted claims: "
+          + ", ".join(f"{r.id} ({r.kind}) {r.verdict}" for r in rows))
     write_report(results_dir)
     return 0
 
