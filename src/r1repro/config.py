@@ -129,6 +129,12 @@ class CommonParams(Section):
         False, description="responses to the r1 family of templates also end at '</answer>' (kept in "
         "the text), as the Dr. GRPO paper's code stops its r1 template; every template always ends at "
         "the tokenizer's EOS and its end-of-turn marker, whatever model answers (r1repro.stops)")
+    report_to: Literal["none", "trackio", "tensorboard", "wandb", "mlflow"] = Field(
+        "none", description="experiment tracker the SFT, RL and distillation trainers also log to (TRL's "
+        "report_to), on top of the per-step record each stage keeps with dvclive: trackio (local-first, "
+        "what TRL recommends), tensorboard, wandb or mlflow, each needing its package installed (checked "
+        "when a training stage starts, r1repro.modeling.check_tracker); wandb also a login or "
+        "WANDB_MODE=offline. none: no tracker, nothing leaves the machine")
 
     @field_validator("accelerate_config")
     @classmethod

@@ -26,6 +26,13 @@ if TYPE_CHECKING:
 # Names that can only mean a folder on disk: a hub id is "name" or "owner/name", never these.
 _LOCAL_PREFIXES = ("./", "../", "/", "~", "models/", "models" + os.sep)
 DTYPES = ("float32", "bfloat16", "float16")
+# common.report_to's trackers: the modules transformers looks for (any one will do), the package to install.
+TRACKERS = {
+    "trackio": (("trackio",), "trackio"),
+    "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "wandb": (("wandb",), "wandb"),
+    "mlflow": (("mlflow",), "mlflow"),
+}
 log = logging.getLogger(__name__)
 
 
@@ -247,6 +254,35 @@ def lora_config(lora: LoraParams | None):
 
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+
+
+def check_tracker(name: str) -> None:
+    """Refuse an experiment tracker (`common.report_to`) whose package is not installed.
+
+    transformers would fail only when the trainer is built, after a stage has generated and loaded
+    its models, and with a message that names no params key. The training stages call this first
+    (`runtime.stage_setup`), and `sft.train_sft` and `rl.train_run` again, before any training or launch.
+    It only looks the modules up (`importlib.util.find_spec`): nothing is imported.
+
+    Args:
+        name: "none" (always fine) or a key of `TRACKERS`.
+
+    Raises:
+        ConfigError: an unknown tracker, or one whose package is missing, naming common.report_to,
+            the package and the command that installs it.
+    """
+    import importlib.util
+
+    if name == "none":
+        return
+    if name not in TRACKERS:
+        raise ConfigError(f"common.report_to: unknown tracker {name!r}; expected none or one of "
+                          f"{', '.join(TRACKERS)}")
+    modules, package = TRACKERS[name]
+    if not any(importlib.util.find_spec(module) is not None for module in modules):
+        raise ConfigError(f"common.report_to is {name!r} but the {package} package is not installed "
+                          f"(no module {' or '.join(modules)}); install it into this environment with "
+                          f"`python -m pip install {package}`, or set common.report_to: none")
 
 
 def native_bf16(device: str) -> bool:

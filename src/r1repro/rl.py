@@ -38,6 +38,9 @@ One run's folder, `<rl.output_dir>/<run>/`:
     completions.jsonl             the first group of completions of every step, for examples
     dvclive/                      the same per-step metrics through dvclive (plots/metrics/*.tsv)
 
+`common.report_to` also sends TRL's logs to an experiment tracker (trackio, tensorboard, wandb or
+mlflow), on top of that record; `train_run` checks its package is installed before anything loads.
+
 Several processes (`common.num_processes` > 1): each run trains under `accelerate launch`
 (`r1repro.distributed`); a step's prompts_per_step x num_generations completions are split evenly over
 the processes, the diagnostics gather every process's completions, and the main process writes them.
@@ -77,8 +80,8 @@ from r1repro.config import CommonParams, ConfigError, RlParams
 from r1repro.data import load_subset
 from r1repro.distributed import Launch, per_process
 from r1repro.pipeline import seed_suffix
-from r1repro.modeling import (bf16_mixed_precision, checkpointing_argument, load_model, load_tokenizer,
-                              lora_config, resolve_device, training_weights_dtype)
+from r1repro.modeling import (bf16_mixed_precision, check_tracker, checkpointing_argument, load_model,
+                              load_tokenizer, lora_config, resolve_device, training_weights_dtype)
 from r1repro.rewards import TRUNCATED_TERM, TruncationTest, reward_functions, with_truncated_reward
 from r1repro.rl_diagnostics import COMPLETIONS_FILE, DIAGNOSTICS_FILE, Diagnostics, load_diagnostics
 # Re-exported: the rl notebook compares its runs with rl.curves_frame, rl.heldout_frame, rl.late_means.
@@ -192,7 +195,7 @@ def optimizer_steps_per_rollout(args: GRPOConfig) -> int:
 def grpo_config(cfg: RlParams, run: str, *, output_dir: Path | str, seed: int, use_vllm: bool = False,
                 use_cpu: bool = False, bf16: bool = False, keep_checkpoints: int = 1,
                 num_processes: int | None = None, continuous_batching: bool = False,
-                generation_kwargs: dict[str, Any] | None = None) -> GRPOConfig:
+                generation_kwargs: dict[str, Any] | None = None, report_to: str = "none") -> GRPOConfig:
     """TRL's `GRPOConfig` for one run of stage 3.
 
     Args:
@@ -208,6 +211,8 @@ def grpo_config(cfg: RlParams, run: str, *, output_dir: Path | str, seed: int, u
         continuous_batching: generate with transformers' continuous batching (when not use_vllm).
         generation_kwargs: passed to TRL's rollouts (GenerationConfig or vLLM SamplingParams): where
             they stop (`r1repro.stops`).
+        report_to: experiment tracker TRL also logs to (common.report_to); "none": the diagnostics'
+            dvclive record only.
 
     Returns:
         The config; its reward_weights follow `reward_weights(cfg)`.
@@ -255,7 +260,8 @@ def grpo_config(cfg: RlParams, run: str, *, output_dir: Path | str, seed: int, u
         use_vllm=use_vllm, vllm_mode="colocate", use_cpu=use_cpu, bf16=bf16,
         use_transformers_continuous_batching=continuous_batching and not use_vllm,
         **checkpointing_argument(cfg.gradient_checkpointing), disable_dropout=True,
-        report_to="none", push_to_hub=False, log_completions=False,  # diagnostics go through dvclive
+        # The per-step record is the diagnostics' (replayed into dvclive); a tracker, if any, is extra.
+        report_to=report_to, push_to_hub=False, log_completions=False,
         ddp_find_unused_parameters=False,  # several processes: every weight is used; skip DDP's search
     )
 
@@ -484,7 +490,8 @@ def make_trainer(cfg: RlParams, run: str, common: CommonParams, *,
                        use_vllm=use_vllm, use_cpu=device == "cpu",
                        bf16=bf16, continuous_batching=rollout.engine == "transformers_continuous",
                        # ConfigError here for stop strings with transformers rollouts (r1repro.stops)
-                       generation_kwargs=trl_generation_kwargs(stops, use_vllm=use_vllm))
+                       generation_kwargs=trl_generation_kwargs(stops, use_vllm=use_vllm),
+                       report_to=common.report_to)
     trainer = AutocastRolloutsTrainer(
         model=model, reward_funcs=diagnostics.wrap(funcs), args=args, train_dataset=dataset,
         processing_class=tokenizer, peft_config=lora_config(cfg.lora),
@@ -549,8 +556,10 @@ def train_run(cfg: RlParams, run: str, common: CommonParams, *,
         A `RunResult` (its `run` is the run folder's name).
 
     Raises:
+        ConfigError: common.report_to names a tracker that is not installed (`check_tracker`).
         LaunchError: the launched processes failed (`<run>/final` keeps its previous model).
     """
+    check_tracker(common.report_to)  # before any model is loaded or a launch starts
     seeds = run_seeds(cfg, common)
     seed = seeds[0] if seed is None else seed
     if seed not in seeds:

@@ -20,7 +20,8 @@ from typing import Any
 
 from r1repro.config import CommonParams, repo_root, stage_config
 from r1repro.io import atomic_write_json
-from r1repro.modeling import native_bf16, resolve_dtypes
+from r1repro.modeling import check_tracker, native_bf16, resolve_dtypes
+from r1repro.pipeline import stage as pipeline_stage
 
 # Libraries whose versions change numbers; recorded with every result.
 TRACKED_LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "math-verify",
@@ -108,11 +109,15 @@ def stage_setup(stage: str, common: dict | None, section: dict | None,
     """Validate the papermill parameters, seed everything, and make the output folder.
 
     Opened by hand (parameters left as None), the smoke profile is used and outputs go to
-    results/dev/<stage>, so exploring never touches the pipeline's results.
+    results/dev/<stage>, so exploring never touches the pipeline's results. A training stage also
+    checks here that common.report_to's tracker is installed: in its first seconds, not after it
+    has generated and loaded models.
     """
     root = repo_root()
     os.chdir(root)  # params paths are relative to the repository, whoever started the kernel
     common_cfg, cfg = stage_config(stage, common, section)
+    if pipeline_stage(stage).trains:
+        check_tracker(common_cfg.report_to)
     common_cfg = resolve_dtypes(common_cfg)  # `auto` becomes this machine's fast dtype, recorded below
     seed_everything(common_cfg.seed)
     out = Path(out_dir) if out_dir else root / DEV_RESULTS / stage

@@ -25,7 +25,8 @@ What it guarantees:
 * Atomic output: the final model is written to a temporary folder beside `output_dir` and renamed
   into place only after it is complete, so a failed run leaves the previous good model untouched.
 * Training metrics (loss, learning rate, grad norm, ...) go to a DVCLive folder at the trainer's
-  global step, offline: no dvc.yaml is written and no DVC experiment is created.
+  global step, offline: no dvc.yaml is written and no DVC experiment is created. `common.report_to`
+  adds an experiment tracker on top (trackio, tensorboard, wandb or mlflow; its package is checked first).
 * Several processes when `common.num_processes` > 1: the training runs under `accelerate launch`
   (`r1repro.distributed`), `batch_size` split evenly over the processes; this process keeps the
   checkpoint choice and the atomic replacement of the final model.
@@ -48,8 +49,8 @@ from transformers import TrainerCallback
 
 from r1repro.config import CommonParams, LoraParams, SftParams
 from r1repro.distributed import Launch, per_process
-from r1repro.modeling import (bf16_mixed_precision, checkpointing_argument, load_model, load_tokenizer,
-                              lora_config, resolve_device, training_weights_dtype)
+from r1repro.modeling import (bf16_mixed_precision, check_tracker, checkpointing_argument, load_model,
+                              load_tokenizer, lora_config, resolve_device, training_weights_dtype)
 from r1repro.resumable import (RunFiles, Trained, checkpoint_step, finished_record, fingerprint, resume_point,
                                run_launched_job, run_training)
 
@@ -165,6 +166,7 @@ class TrainSettings:
         save_steps: optimizer steps between resumable checkpoints.
         bf16: bfloat16 mixed precision (autocast) over float32 weights.
         gradient_checkpointing: recompute activations in the backward pass to save memory.
+        report_to: experiment tracker the trainer also logs to (common.report_to; "none": dvclive only).
     """
 
     epochs: float = 1.0
@@ -180,6 +182,7 @@ class TrainSettings:
     save_steps: int = 10
     bf16: bool = False
     gradient_checkpointing: bool = False
+    report_to: str = "none"
 
     @staticmethod
     def mixed_precision(common: CommonParams) -> bool:
@@ -188,15 +191,15 @@ class TrainSettings:
 
     @classmethod
     def from_params(cls, cfg: SftParams, common: CommonParams) -> TrainSettings:
-        """The settings of params.yaml's `sft` section, with the seed and precision from `common`."""
+        """The settings of params.yaml's `sft` section, with the seed, precision and tracker from `common`."""
         return cls(epochs=cfg.epochs, learning_rate=cfg.learning_rate, lr_scheduler=cfg.lr_scheduler,
                    warmup_ratio=cfg.warmup_ratio, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                    max_length=cfg.max_length, lora=cfg.lora, seed=common.seed, save_steps=cfg.save_steps,
                    bf16=cls.mixed_precision(common),
-                   gradient_checkpointing=cfg.gradient_checkpointing)
+                   gradient_checkpointing=cfg.gradient_checkpointing, report_to=common.report_to)
 
     def identity(self) -> dict[str, Any]:
-        """What changes the weights at a given step: everything but the run length and save frequency.
+        """What changes the weights at a given step: all but the run length, save frequency and tracker.
 
         Leaving epochs and max_steps out lets a longer rerun continue a shorter one (with
         keep_checkpoints). Caveat: the resumed scheduler starts from the rate the shorter run ended
@@ -204,7 +207,7 @@ class TrainSettings:
         resumed with the same length is unaffected.
         """
         fields = asdict(self)
-        for key in ("epochs", "max_steps", "save_steps"):
+        for key in ("epochs", "max_steps", "save_steps", "report_to"):
             fields.pop(key)
         fields["lora"] = self.lora.model_dump() if self.lora is not None and self.lora.enabled else None
         return fields
@@ -272,7 +275,8 @@ def _sft_config(checkpoint_dir: Path, settings: TrainSettings, on_cpu: bool, pro
         seed=s.seed, data_seed=s.seed,
         save_strategy="steps", save_steps=s.save_steps,
         save_total_limit=1,  # the trainer removes an older checkpoint only after a newer one is complete
-        logging_steps=1, report_to="none", disable_tqdm=not progress,
+        logging_steps=1, disable_tqdm=not progress,
+        report_to=s.report_to,  # a tracker on top of the dvclive record (DvcLiveLogger), if any
         use_cpu=on_cpu, dataloader_pin_memory=not on_cpu,
         # TRL turns both on by default: bf16 follows common.dtype instead (autocast is emulated and slow
         # on CPUs without native bf16), and checkpointing costs ~20% time.
@@ -378,10 +382,11 @@ def train_sft(dataset: Any, model: str, output_dir: Path | str, settings: TrainS
 
     Raises:
         ValueError: an empty dataset or one without prompt/completion columns.
-        ConfigError: a model that cannot be loaded, or a bad device.
+        ConfigError: a model that cannot be loaded, a bad device, or a tracker that is not installed.
         LaunchError: the launched processes failed (`output_dir` keeps its previous model).
     """
     settings = settings or TrainSettings()
+    check_tracker(settings.report_to)  # before any training or launch
     output_dir = Path(output_dir)
     checkpoint_dir = Path(checkpoint_dir or output_dir.with_name(output_dir.name + "-checkpoints"))
     files = RunFiles(checkpoint_dir, output_dir)
@@ -421,7 +426,7 @@ def train_from_params(dataset: Any, cfg: SftParams, common: CommonParams, *,
     Args:
         dataset: prompt/completion rows (see `train_sft`).
         cfg: the validated `sft` section (init_model, output_dir, checkpoints, hyperparameters).
-        common: the validated `common` section (seed, device, dtype, trust_remote_code).
+        common: the validated `common` section (seed, device, dtype, trust_remote_code, report_to).
         live_dir: DVCLive folder for the training metrics.
         callbacks: extra `TrainerCallback`s.
         progress: show tqdm progress bars.
