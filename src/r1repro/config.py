@@ -9,8 +9,12 @@ models so that an unknown key or a bad value is reported by its dotted name befo
 
 Profiles (`profiles/*.yaml`) hold only the keys that differ from `params.yaml`. Which one is active is
 written in `profiles/active.yaml`, never into params.yaml: params.yaml stays the CPU default, comments
-and all. The pipeline's first stage merges the two into `results/params.yaml`, the validated settings
-every later stage reads and DVC tracks, committed beside the results they made.
+and all. That file is git-ignored (a machine's choice, not the project's: switching profiles leaves the
+git tree clean) and absent means none, as in a fresh clone; `use none` deletes it. It sits in
+`profiles/`, the folder the `params` stage of dvc.yaml depends on, so DVC reruns that stage when the
+choice changes (DVC hashes git-ignored files too) and no dependency is a file that may be missing. The
+pipeline's first stage merges the two into `results/params.yaml`, the validated settings every later
+stage reads and DVC tracks, committed beside the results they made.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from r1repro.pipeline import NOTEBOOK_STAGES
 
 PARAMS_FILE = "params.yaml"
 PROFILES_DIR = "profiles"
-# Names the active profile (`profile: gpu`), or none (`profile: null`): params.yaml as it is.
+# Names the active profile (`profile: gpu`); no file (or `profile: null`): none, params.yaml as it is.
+# Git-ignored, so that `make repro PROFILE=...` leaves the tree clean; inside PROFILES_DIR, so that the
+# `params` stage's dependency on that folder sees it change.
 ACTIVE_PROFILE_FILE = "profiles/active.yaml"
 # params.yaml merged with the active profile: what the stages read and dvc.yaml tracks.
 RESOLVED_FILE = "results/params.yaml"
@@ -759,7 +765,7 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 
 def active_profile(root: Path | None = None) -> str | None:
-    """The profile named in profiles/active.yaml, or None (no file, or `profile: null`)."""
+    """The profile named in profiles/active.yaml (git-ignored), or None (no file, or `profile: null`)."""
     path = (root or repo_root()) / ACTIVE_PROFILE_FILE
     if not path.is_file():
         return None
@@ -831,16 +837,30 @@ def load_resolved(root: Path | None = None) -> Params:
 
 
 def use_profile(profile: str, root: Path | None = None) -> Params:
-    """Make `profile` the active one ("none": none), after validating the merge; params.yaml is untouched."""
+    """Make `profile` the active one, after validating the merge; params.yaml is untouched.
+
+    Args:
+        profile: a file name in profiles/ without .yaml, or "none" (or ""): no profile.
+        root: the repository (default: found from the working directory).
+
+    Returns:
+        The validated params with the profile merged in.
+
+    "none" deletes profiles/active.yaml rather than writing `profile: null`, so that no profile looks
+    the same to DVC (the `profiles` folder's hash) as a fresh clone, which has no such file.
+    """
     from r1repro.io import atomic_write_text
 
     root = root or repo_root()
-    name = None if profile == "none" else profile
-    params = load_params(root, profile or "none")
-    text = ("# The active profile: null (params.yaml as it is, the embedded CPU default) or a file name\n"
-            "# in profiles/ without .yaml. Set with `python -m r1repro.config use NAME` (or `use none`).\n"
-            f"profile: {name or 'null'}\n")
+    name = None if profile in ("none", "") else profile
+    params = load_params(root, name or "none")
     path = root / ACTIVE_PROFILE_FILE
+    if name is None:
+        path.unlink(missing_ok=True)
+        return params
+    text = ("# The active profile: a file name in profiles/ without .yaml. Written by `python -m r1repro.config\n"
+            "# use NAME`; `use none` deletes this file (none: params.yaml as it is). Git-ignored.\n"
+            f"profile: {name}\n")
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         atomic_write_text(path, text)
     return params
@@ -875,7 +895,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if argv[:1] == ["use"] and len(argv) == 2:
             use_profile(argv[1])
-            print(f"{ACTIVE_PROFILE_FILE}: profile {argv[1]}")
+            name = active_profile()
+            print(f"{ACTIVE_PROFILE_FILE}: " + (f"profile {name}" if name else "removed (profile none)"))
             return 0
         if argv == ["resolve"]:
             write_resolved()

@@ -32,7 +32,8 @@ SOURCE_PREFIX = f"src/{PACKAGE}/"
 # A string that is exactly "r1repro.<module>": a module started by name (a launched process's job
 # module, a `-m` command). Prose that mentions a module (docstrings) is not an import.
 _MODULE_STRING = re.compile(rf"{PACKAGE}\.([A-Za-z_]\w*)")
-# What the params stage resolves (r1repro.config): the base file and every profile.
+# What the params stage resolves (r1repro.config): the base file and every profile, with the git-ignored
+# profiles/active.yaml that names the active one (a folder dep: that file may be absent, meaning none).
 PARAMS_INPUTS = ("params.yaml", "profiles")
 
 
