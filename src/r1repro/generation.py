@@ -166,9 +166,7 @@ def derived_seed(seed: int, *keys: int) -> int:
 
 def cut_at_stop(text: str, stop: Sequence[str] | None) -> int | None:
     """Index where the earliest stop string starts in `text`, or None when none occurs."""
-    hits = [text.find(s) for s in stop or () if s]
-    hits = [h for h in hits if h >= 0]
-    return min(hits) if hits else None
+    return text_end(text, stop)
 
 
 def text_end(text: str, cut: Sequence[str] | None, keep: Sequence[str] = ()) -> int | None:
