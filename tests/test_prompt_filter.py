@@ -148,7 +148,7 @@ def test_paired_change_counts_fixed_and_broken_answers():
     (0, 0, 1.0),                         # nothing changed: no evidence either way
     (9, 0, 2 / 2 ** 9),
     (0, 9, 2 / 2 ** 9),                  # symmetric
-    (14, 6, 0.1153183),                  # the LoRA experiment in params.yaml's rl comments
+    (14, 6, 0.1153183),                  # the LoRA experiment in LOG.md (2026-12-01)
     (5, 5, 1.0),                         # an even split is capped at 1, not 2 x 0.62
 ])
 def test_sign_test_p_values(fixed, broke, p):

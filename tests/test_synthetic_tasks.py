@@ -66,8 +66,8 @@ def test_each_problem_is_distinct_and_its_answer_is_what_its_phrasing_says() -> 
 
 
 def test_the_default_pool_is_the_one_the_settings_were_measured_on() -> None:
-    """params.yaml's rl comments quote a dev-row result on this exact pool; a generator change that
-    alters it must be seen (and the measurement redone), not slip in."""
+    """LOG.md (2026-12-04, the RL task) quotes a dev-row result on this exact pool; a generator change
+    that alters it must be seen (and the measurement redone), not slip in."""
     rows = generate("word_ops", 1800, seed=0)
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
     assert rows[1200]["problem"] == "Kim shares 32 marbles equally among 4 friends. How many marbles does each friend get?"
