@@ -51,7 +51,7 @@ def test_paired_interval_is_the_proportion_interval_mapped_to_the_difference() -
     assert counts.interval(0.95) == pytest.approx((6 / 64 * (2 * low - 1), 6 / 64 * (2 * high - 1)))
     assert PairedCounts(0, 0, 16).interval(0.95) == (0.0, 0.0)   # no discordant question: one point
     assert PairedCounts.from_outcomes({"a": 0, "b": 1, "c": 1}, {"a": 1, "b": 0, "c": 1, "d": 0}) == \
-        PairedCounts(fixed=1, broken=1, n=3)
+        PairedCounts(fixed=1, broken=1, n=3, first_yes=2)
     with pytest.raises(ValueError, match="0 or 1"):
         PairedCounts.from_outcomes({"a": 0.5}, {"a": 1})
 

@@ -90,14 +90,16 @@ def make_results(root: Path, n: int = 60, seeds: tuple[int, ...] = (7, 8)) -> Pa
         probe.append({"model": "Tiny-Instruct", "template": "r1", "question_id": q, "attempted": True,
                       "correct": i % 3 == 0, "reflection_keywords": 1 if i % 4 == 0 else 0})
         probe.append({"model": "Tiny-Instruct", "template": "none", "question_id": q, "attempted": i % 5 == 0,
-                      "correct": False, "reflection_keywords": 0})
+                      "correct": i % 30 == 1, "reflection_keywords": 0})
     _write(results / "probe" / "records_templates.jsonl", probe)
     exploration = [{"model": "Tiny-Instruct", "template": "r1", "question_id": q, "temperature": t, "sample_index": j,
                     "correct": (t > 0 and j == i % 4) or (t == 0 and i % 10 == 0)}
                    for i, q in enumerate(qs) for t in (0.0, 1.0) for j in range(4)]
     _write(results / "probe" / "records_exploration.jsonl", exploration)
+    # A few questions right and formatted before SFT, so that SFT could break them (a test, not a floor).
     _write(results / "sft" / "records_before.jsonl",
-           [{"question_id": q, "formatted": False, "correct": False, "language": 1.0} for q in qs])
+           [{"question_id": q, "formatted": i % 20 == 0, "correct": i % 20 == 0, "language": 1.0}
+            for i, q in enumerate(qs)])
     _write(results / "sft" / "records_after.jsonl",
            [{"question_id": q, "formatted": True, "correct": i % 5 == 0, "language": 1.0}
             for i, q in enumerate(qs)])
@@ -114,6 +116,18 @@ def make_results(root: Path, n: int = 60, seeds: tuple[int, ...] = (7, 8)) -> Pa
             _write(results / "rl" / f"records_{run}{suffix}.jsonl",
                    [{"question_id": q, "correct": i % 10 == 0 or (gain and i % 3 == 1)} for i, q in enumerate(qs)])
             _write(results / "rl" / f"diagnostics_{run}{suffix}.jsonl", _diagnostics(run))
+    # 8 samples a question: GRPO samples as its start (no change); Dr. GRPO sharpens: the questions its
+    # start gets 2 of 8 it gets 8 of 8 (pass@1 +0.75, pass@8 +0), the others stay at 0 of 8.
+    start_right = lambda i: 2 if i % 2 == 0 else 0  # noqa: E731
+    explore = [{"model": "start", "question_id": q, "sample_index": j, "correct": j < start_right(i)}
+               for i, q in enumerate(qs) for j in range(8)]
+    for seed in seeds:
+        suffix = seed_suffix(seed, list(seeds))
+        explore += [{"model": f"grpo{suffix}", "question_id": q, "sample_index": j, "correct": j < start_right(i)}
+                    for i, q in enumerate(qs) for j in range(8)]
+        explore += [{"model": f"dr_grpo{suffix}", "question_id": q, "sample_index": j, "correct": i % 2 == 0}
+                    for i, q in enumerate(qs) for j in range(8)]
+    _write(results / "rl" / "records_exploration.jsonl", explore)
     _write(results / "distill" / "protocol.json", {"params": {"teacher": "models/rl/dr_grpo/final"}})
     _write(results / "eval" / "protocol.json", {"params": {
         "distill_vs_rl": {"start": "base", "rl": "dr_grpo", "distilled": "student", "benchmark": "asdiv_test"},
@@ -138,7 +152,8 @@ def test_planted_effects_get_the_verdicts_they_should(tmp_path: Path) -> None:
     assert rows["template_answer_rate"].value == pytest.approx(1 - 12 / 60)
     assert (rows["template_answer_rate"].fixed, rows["template_answer_rate"].broken) == (48, 0)
     assert rows["template_answer_rate"].p_value == pytest.approx(2 * 0.5 ** 48)
-    assert rows["sft_format"].verdict == REPRODUCED and rows["sft_format"].value == 1.0
+    assert rows["sft_format"].verdict == REPRODUCED and rows["sft_format"].value == pytest.approx(57 / 60)
+    assert (rows["sft_format"].fixed, rows["sft_format"].broken) == (57, 0)
     assert rows["temperature_raises_pass_at_k"].verdict == REPRODUCED  # pass@4 = any of 4: binary, exact
     assert rows["rl_gain_dr_grpo"].verdict == REPRODUCED
     assert "bootstrap" in rows["rl_gain_dr_grpo"].test and "2 seeds" in rows["rl_gain_dr_grpo"].test
@@ -146,6 +161,10 @@ def test_planted_effects_get_the_verdicts_they_should(tmp_path: Path) -> None:
     assert rows["length_bias"].verdict == REPRODUCED and rows["length_bias"].value == pytest.approx(46.5)
     assert rows["length_bias"].n == 2 * 2 * 4  # 2 groups x 2 seeds x the last 4 of 8 steps
     assert rows["distill_vs_rl"].verdict == CONTRADICTED and rows["distill_vs_rl"].broken == 30
+    shrink = rows["rl_exploration_dr_grpo"]
+    assert shrink.verdict == REPRODUCED and shrink.value == pytest.approx(-0.75 / 2) and shrink.n == 60
+    assert "k = 8" in shrink.detail and "bootstrap" in shrink.test
+    assert rows["rl_exploration_grpo"].kind == OBSERVATION  # sampled as its start: no variation
     # Not tests: a share that cannot fall below 0, a row repeating another, mechanisms, no variation.
     assert rows["reflection_before_rl"].kind == OBSERVATION and rows["reflection_before_rl"].verdict == OBSERVED
     assert rows["reflection_before_rl"].value == pytest.approx(15 / 60)
@@ -157,9 +176,9 @@ def test_planted_effects_get_the_verdicts_they_should(tmp_path: Path) -> None:
     assert rows["std_scaling_extremes"].n == 2 * (8 * 2 * 2 - 2)  # per seed: step 1's 2 groups once
     # Bonferroni over the counted claims only; the verdict's interval is wider than the plain one.
     counted = [r for r in rows.values() if r.counted]
-    assert {r.kind for r in counted} == {CLAIM} and len(counted) == 8
+    assert {r.kind for r in counted} == {CLAIM} and len(counted) == 9
     r = rows["rl_gain_dr_grpo"]
-    assert r.adjusted_level == pytest.approx(1 - 0.05 / 8)
+    assert r.adjusted_level == pytest.approx(1 - 0.05 / 9)
     assert r.adjusted_low <= r.low and r.adjusted_high >= r.high
     assert not any(r.adjusted_low == r.adjusted_high for r in counted)
 
@@ -190,10 +209,39 @@ def test_readability_is_a_claim_when_the_language_check_adds_something(tmp_path:
     results = make_results(tmp_path)
     after = results / "sft" / "records_after.jsonl"
     rows = _read(after)
-    rows[0]["language"] = 0.5  # one formatted answer in two languages: readable != formatted
+    rows[1]["language"] = 0.5  # one formatted answer in two languages: readable != formatted
     _write(after, rows)
     row = _by_id(findings.build_findings(results, n_boot=200))["sft_readability"]
-    assert row.kind == CLAIM and row.counted and (row.fixed, row.broken) == (59, 0)
+    assert row.kind == CLAIM and row.counted and (row.fixed, row.broken) == (56, 0)
+
+
+def test_a_rise_from_a_floor_cannot_go_against_and_is_an_observation(tmp_path: Path) -> None:
+    """Before SFT nothing formatted and nothing right: no question can break, so the change can never
+    come out below 0 whatever SFT does; the rows are described, not counted."""
+    results = make_results(tmp_path)
+    before = sum(r.counted for r in findings.build_findings(results, n_boot=200))
+    path = results / "sft" / "records_before.jsonl"
+    _write(path, [{**r, "formatted": False, "correct": False} for r in _read(path)])
+    rows = _by_id(findings.build_findings(results, n_boot=200))
+    for name in ("sft_format", "sft_accuracy"):
+        row = rows[name]
+        assert row.kind == OBSERVATION and not row.counted and row.verdict == OBSERVED
+        assert row.why == "cannot go against the prediction" and "right on none of the 60" in row.note
+        assert row.broken == 0 and row.fixed > 0  # it still shows what was measured
+    assert sum(r.counted for r in rows.values()) == before - 2
+    # One question right before is enough to make it a test again (it could have broken).
+    _write(path, [{**r, "correct": r["question_id"] == "q1"} for r in _read(path)])
+    assert _by_id(findings.build_findings(results, n_boot=200))["sft_accuracy"].kind == CLAIM
+
+
+def test_which_way_a_paired_population_can_go() -> None:
+    from_floor = PairedCounts.from_outcomes({"a": 0, "b": 0}, {"a": 1, "b": 0})
+    assert from_floor.first_yes == 0 and not from_floor.can_go_against(+1) and from_floor.can_go_against(-1)
+    from_ceiling = PairedCounts.from_outcomes({"a": 1, "b": 1}, {"a": 1, "b": 0})
+    assert from_ceiling.can_go_against(+1) and not from_ceiling.can_go_against(-1)
+    assert PairedCounts(3, 0, 10).can_go_against(+1)  # not recorded: assumed able
+    with pytest.raises(ValueError):
+        PairedCounts(fixed=1, broken=2, n=5, first_yes=1)  # two broken need two right first
 
 
 def test_one_seed_rl_gain_uses_the_exact_test_and_states_its_caveats(tmp_path: Path) -> None:
@@ -217,12 +265,12 @@ def test_kinds_and_the_bonferroni_count_reach_json_and_markdown(tmp_path: Path) 
     rows = findings.write_findings(results, n_boot=300)
     table = json.loads((results / findings.FINDINGS_JSON).read_text())
     counted = [r for r in table["findings"] if r["counted"]]
-    assert table["counted_claims"] == len(counted) == 8
-    assert table["kinds"] == {CLAIM: 8, MECHANISM: 2, OBSERVATION: 3}
+    assert table["counted_claims"] == len(counted) == 9
+    assert table["kinds"] == {CLAIM: 9, MECHANISM: 2, OBSERVATION: 4}
     assert all(r["kind"] in (CLAIM, MECHANISM, OBSERVATION) for r in table["findings"])
     text = (results / findings.FINDINGS_MD).read_text()
-    assert "over the 8 counted claims" in text.lower() and "99.38%" in text
-    assert "8 claims (" in text and "2 mechanisms, 3 observations" in text
+    assert "over the 9 counted claims" in text.lower() and "99.44%" in text
+    assert "9 claims (" in text and "2 mechanisms, 4 observations" in text
     for row in rows:
         assert f"| {row.claim} | {row.kind} |" in text
     assert "48 fixed, 0 broken" in text and "by construction" in text

@@ -49,11 +49,19 @@ EXPECTED = {
         "<|im_start|>system\n" + R1_TEXT + "<|im_end|>\n"
         "<|im_start|>user\n" + QUESTION + "<|im_end|>\n<|im_start|>assistant\n<think>"
     ),
+    "r1_chat_1shot": (
+        "<|im_start|>system\n" + R1_TEXT + "<|im_end|>\n"
+        "<|im_start|>user\nAna has 2 pens. Ana gets 3 more pens. How many pens does Ana have now?<|im_end|>\n"
+        "<|im_start|>assistant\n<think> Ana has 2 pens and gets 3 more, so 2 + 3 = 5. </think> "
+        "<answer> 5 </answer><|im_end|>\n"
+        "<|im_start|>user\n" + QUESTION + "<|im_end|>\n<|im_start|>assistant\n<think>"
+    ),
 }
 
 RESPONSES = {
     "r1": "<think> Half plus x. </think> <answer> \\frac{1}{2} + x </answer>",
     "r1_chat": "<think>\nHalf plus x.\n</think>\n<answer>\\frac{1}{2} + x</answer>",
+    "r1_chat_1shot": "<think> Half plus x. </think> <answer> \\frac{1}{2} + x </answer>",
     "none": " The sum is $\\boxed{\\frac{1}{2} + x}$.",
     "qwen_math": "The sum is $\\boxed{\\frac{1}{2} + x}$.",
     "chat": "It is 1/2 + x.",
@@ -79,8 +87,8 @@ def no_chat_tokenizer(tokenizer):
 
 
 def test_registry_names_and_flags():
-    assert set(TEMPLATES) == {"r1", "qwen_math", "none", "chat", "r1_chat"}
-    assert [n for n in TEMPLATES if needs_chat_template(n)] == ["qwen_math", "chat", "r1_chat"]
+    assert set(TEMPLATES) == {"r1", "qwen_math", "none", "chat", "r1_chat", "r1_chat_1shot"}
+    assert [n for n in TEMPLATES if needs_chat_template(n)] == ["qwen_math", "chat", "r1_chat", "r1_chat_1shot"]
     assert prefill("r1") == prefill("r1_chat") == "<think>"
     assert prefill("none") == prefill("chat") == prefill("qwen_math") == ""
 

@@ -150,14 +150,17 @@ def probe_caveat(rows: Sequence[dict]) -> tuple[str, ...]:
     return (f"probed model: {label}",) if label else ()
 
 
-def template_effect(field_name: str, with_template: str = "r1", without: str = "none"):
-    """Paired difference of `field_name` (attempted or correct) between two templates' greedy answers."""
+def template_effect(field_name: str, with_template: str | None = "r1", without: str = "none"):
+    """Paired difference of `field_name` (attempted or correct) between two templates' greedy answers.
+    `with_template` None: the probe's `accuracy_template` param (r1 where the run predates it)."""
     def measure(records: Records) -> Measurement | None:
         rows = _probe_model_records(records, "probe/records_templates.jsonl")
+        used = with_template or records.params("probe").get("accuracy_template", "r1")
         per = {t: _by_question([r for r in rows if r["template"] == t], lambda r: r[field_name])
-               for t in (with_template, without)}
-        found = paired(per[without], per[with_template]) if all(per.values()) else None
-        return found and replace(found, caveats=probe_caveat(rows))
+               for t in (used, without)}
+        found = paired(per[without], per[used]) if all(per.values()) else None
+        return found and replace(found, caveats=probe_caveat(rows),
+                                 detail=f"{without} {found.detail.replace(' -> ', f' -> {used} ')}")
     return measure
 
 
@@ -349,6 +352,34 @@ def rl_gain(knobs: tuple[str, str]):
         test = "" if len(seeds) == 1 else (f"bootstrap over questions (per-question means over {len(seeds)} "
                                            "seeds are not binary)")
         return replace(result, caveats=caveats, extra=extra, test=test)
+    return measure
+
+
+def rl_exploration_shrink(knobs: tuple[str, str]):
+    """RL's pass@k gain minus its pass@1 gain over its start, per question (k = the samples drawn),
+    averaged over the run's seeds; a bootstrap over questions (the values are not 0/1)."""
+    def measure(records: Records) -> Measurement | None:
+        from r1repro.rl_exploration import correct_counts, gain_shrink
+
+        found = rl_run_named(records, *knobs)
+        rows = records.jsonl("rl/records_exploration.jsonl")
+        start = correct_counts([r for r in rows if r["model"] == "start"])
+        if found is None or not start:
+            return None
+        run, seeds = found
+        after = [correct_counts([r for r in rows if r["model"] == f"{run}{seed_suffix(s, seeds)}"]) for s in seeds]
+        if not all(after):
+            return None
+        k = min(len(v) for side in (start, *after) for v in side.values())
+        per_seed = [gain_shrink(start, side, k) for side in after]
+        questions = sorted(set.intersection(*(set(d) for d in per_seed)))
+        values = tuple(float(np.mean([d[q] for d in per_seed])) for q in questions)
+        mean = {label: 100 * np.mean([np.mean(side[q]) for q in questions]) for label, side in
+                (("start", start), (run, after[0]))}
+        return Measurement(float(np.mean(values)), values, "question",
+                           detail=f"{run}: pass@1 {mean['start']:.1f}% -> {mean[run]:.1f}%, k = {k}",
+                           test=f"bootstrap over questions (per-question pass@{k} and pass@1 gains are not 0/1)",
+                           caveats=(rl_task_caveat(records), seeds_caveat(seeds)))
     return measure
 
 

@@ -269,6 +269,9 @@ class ProbeParams(Section):
     temperatures: list[float] = [0.0, 0.6, 1.0]
     k: int = Field(4, ge=1, description="samples per question for pass@k")
     examples_shown: int = Field(3, ge=0)
+    accuracy_template: Template = Field(
+        "r1", description="the template whose greedy accuracy the findings compare with no template "
+        "(template_accuracy); it must be one of probe.templates")
 
     @model_validator(mode="after")
     def _check(self) -> "ProbeParams":
@@ -276,6 +279,9 @@ class ProbeParams(Section):
             raise ValueError("probe.models is empty: list at least one model (label: id or path)")
         if any(t < 0 for t in self.temperatures):
             raise ValueError("probe.temperatures: every temperature must be >= 0")
+        if self.accuracy_template not in self.templates:
+            raise ValueError(f"probe.accuracy_template ({self.accuracy_template}) is not in probe.templates "
+                             f"({', '.join(self.templates)}): add it there or pick one of them")
         return self
 
 
@@ -401,6 +407,11 @@ class RlParams(Section):
     vllm_importance_sampling: bool = Field(
         False, description="TRL's correction of vLLM rollouts by the ratio of training to vLLM "
         "log-probs (sequence mask, cap 3 in TRL 1.16, on by default there); the paper's code has none")
+    exploration: SamplingParams | None = Field(
+        None, description="k sampled answers (n = k) of the start model and of each run's final model to "
+        "the first exploration_limit questions of rl.heldout: pass@1 against pass@k (r1repro.rl_exploration). "
+        "None: off")
+    exploration_limit: int = Field(32, ge=1, description="questions of rl.heldout that rl.exploration samples")
 
     def prompts_needed(self) -> int:
         """Prompts a run trains on: prompts_per_step per rollout, one rollout every updates_per_rollout steps."""
@@ -424,6 +435,10 @@ class RlParams(Section):
                              f"({self.updates_per_rollout}): a rollout's mini-batches are all trained on")
         if self.eval_steps and self.heldout is None:
             raise ValueError("rl.eval_steps > 0 needs rl.heldout (the held-out prompts)")
+        if self.exploration is not None and self.heldout is None:
+            raise ValueError("rl.exploration needs rl.heldout (it samples the first rl.exploration_limit of them)")
+        if self.exploration is not None and self.exploration.n < 2:
+            raise ValueError(f"rl.exploration.n ({self.exploration.n}) is k: pass@k against pass@1 needs k >= 2")
         return self
 
 

@@ -111,15 +111,20 @@ class PairedCounts:
         fixed: questions 0 on the first side and 1 on the second.
         broken: questions 1 on the first side and 0 on the second.
         n: all paired questions (the concordant ones included).
+        first_yes: questions 1 on the first side (None: not recorded). Which way the difference can
+            move depends on it: from a first side right on no question nothing can break.
     """
 
     fixed: int
     broken: int
     n: int
+    first_yes: int | None = None
 
     def __post_init__(self) -> None:
         if min(self.fixed, self.broken) < 0 or self.fixed + self.broken > self.n:
             raise ValueError(f"PairedCounts: need 0 <= fixed + broken <= n, got {self}")
+        if self.first_yes is not None and not self.broken <= self.first_yes <= self.n - self.fixed:
+            raise ValueError(f"PairedCounts: need broken <= first_yes <= n - fixed, got {self}")
 
     @classmethod
     def from_outcomes(cls, first: dict[str, float], second: dict[str, float]) -> PairedCounts:
@@ -128,7 +133,16 @@ class PairedCounts:
         if any(v not in (0, 1) for q in common for v in (first[q], second[q])):
             raise ValueError("PairedCounts: every outcome must be 0 or 1 (one answer per question)")
         return cls(fixed=sum(first[q] == 0 and second[q] == 1 for q in common),
-                   broken=sum(first[q] == 1 and second[q] == 0 for q in common), n=len(common))
+                   broken=sum(first[q] == 1 and second[q] == 0 for q in common), n=len(common),
+                   first_yes=sum(first[q] == 1 for q in common))
+
+    def can_go_against(self, expected: int) -> bool:
+        """Whether this population could give a difference of the sign opposite to `expected` (+1 or
+        -1). A rise is contradicted only by broken questions, which need a first side right somewhere;
+        a fall only by fixed ones, which need it wrong somewhere. Unknown (`first_yes` None): True."""
+        if self.first_yes is None:
+            return True
+        return self.first_yes > 0 if expected > 0 else self.first_yes < self.n
 
     @property
     def discordant(self) -> int:

@@ -13,8 +13,10 @@ A row is one of three kinds:
   shown with its size and the words "by construction", never as reproduced.
 * an **observation**: described with its n, not tested. A row is one when no outcome could
   contradict it (a share that is never below 0), when it repeats another row (the rule is in its
-  measure), or when a claim's measured population shows no variation at all (its interval is one
-  point: the model right on none of the questions under either template): not a test at this size.
+  measure), when a claim's measured population shows no variation at all (its interval is one
+  point: the model right on none of the questions under either template): not a test at this size,
+  or when the population cannot move against the prediction (a predicted rise from a first side right
+  on no question: nothing can break, so the difference is never below 0; `PairedCounts.can_go_against`).
 
 The test that fits each row: where each question gives one yes/no outcome on both sides (two templates,
 before and after training, two models), the exact sign test (McNemar exact) on the fixed (0 -> 1) and
@@ -41,9 +43,9 @@ from pathlib import Path
 
 from r1repro import metrics
 from r1repro.claim_measures import (DR_GRPO, GRPO, Measurement, Records, distill_vs_rl, length_bias,
-                                    pass_at_k_rises_with_k, reflection_before_rl, rl_gain, sft_change,
-                                    sft_readability, std_scaling_extremes, template_effect,
-                                    temperature_raises_pass_at_k)
+                                    pass_at_k_rises_with_k, reflection_before_rl, rl_exploration_shrink,
+                                    rl_gain, sft_change, sft_readability, std_scaling_extremes,
+                                    template_effect, temperature_raises_pass_at_k)
 from r1repro.exact_tests import clopper_pearson
 
 REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive at this size"
@@ -112,8 +114,8 @@ CLAIMS: tuple[Claim, ...] = (
           "Dr. GRPO §2.1 (templates and question sets)", +1, template_effect("attempted"),
           "answer rate with the R1 template minus with no template, same questions (greedy)"),
     Claim("template_accuracy", "The template changes a base model's accuracy",
-          "Dr. GRPO §2.1, Table 1", +1, template_effect("correct"),
-          "accuracy with the R1 template minus with no template (greedy)"),
+          "Dr. GRPO §2.1, Table 1", +1, template_effect("correct", None),
+          "accuracy with the probe's accuracy template (probe.accuracy_template) minus with no template (greedy)"),
     Claim("reflection_before_rl", "Base models already self-reflect before any RL ('aha' is not new)",
           "Dr. GRPO §2.3 (aha moment)", +1, reflection_before_rl,
           "share of questions with a self-reflection keyword in any of their greedy answers (every template)",
@@ -138,6 +140,12 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("rl_gain_dr_grpo", "RL (Dr. GRPO) raises held-out accuracy over its start", "Dr. GRPO §3.2", +1,
           rl_gain(DR_GRPO), "greedy accuracy after Dr. GRPO minus the cold-start model's, per question, "
           "averaged over seeds"),
+    Claim("rl_exploration_grpo", "RL (GRPO) sharpens more than it widens: its gain shrinks from pass@1 to pass@k",
+          "Yue et al. 2025 (RL and pass@k)", -1, rl_exploration_shrink(GRPO),
+          "GRPO's pass@k gain over its start minus its pass@1 gain, per question (k sampled answers a side)"),
+    Claim("rl_exploration_dr_grpo", "RL (Dr. GRPO) sharpens more than it widens: its gain shrinks from pass@1 "
+          "to pass@k", "Yue et al. 2025 (RL and pass@k)", -1, rl_exploration_shrink(DR_GRPO),
+          "Dr. GRPO's pass@k gain over its start minus its pass@1 gain, per question (k sampled answers a side)"),
     Claim("length_bias", "GRPO's incorrect responses grow longer than Dr. GRPO's during training",
           "Dr. GRPO §3.1, Fig. 5-6", +1, length_bias,
           "GRPO's minus Dr. GRPO's mean incorrect-response length, same prompt, step and seed, second half"),
@@ -216,7 +224,17 @@ def classify(claim: Claim, found: Measurement | None) -> tuple[str, str, str]:
         return (claim.kind if claim.kind != CLAIM else OBSERVATION), found.why, found.note
     if no_variation(found):
         return OBSERVATION, "no variation at this size", _no_variation_note(found)
+    if found.pair is not None and not found.pair.can_go_against(claim.expected):
+        return OBSERVATION, "cannot go against the prediction", _floor_note(claim, found)
     return CLAIM, "", ""
+
+
+def _floor_note(claim: Claim, found: Measurement) -> str:
+    side, cannot = ("right on none", "break") if claim.expected > 0 else ("right on every", "be fixed")
+    return (f"the first side is {side} of the {found.pair.n} {found.unit}s ({found.detail}), so no {found.unit} "
+            f"can {cannot} and the difference cannot come out {'below' if claim.expected > 0 else 'above'} 0: "
+            "described, not tested. It becomes a test on a population where the first side is sometimes "
+            f"{'right' if claim.expected > 0 else 'wrong'}")
 
 
 def interval(found: Measurement, level: float, n_boot: int, seed: int) -> tuple[float, float]:
@@ -334,9 +352,10 @@ def findings_markdown(rows: Sequence[Finding], split: str = "test", confidence: 
         "Three kinds of row. A **claim** is a direction a paper predicts, with a test whose outcome could "
         "contradict it; only claims get a verdict and count in the Bonferroni adjustment. A **mechanism** "
         "holds by construction: shown with its size, never as reproduced. An **observation** is described "
-        "with its n, not tested: a share that cannot fall below 0, a row that repeats another, or a claim "
+        "with its n, not tested: a share that cannot fall below 0, a row that repeats another, a claim "
         "whose measured population shows no variation at all (its interval is one point: not a test at "
-        "this size).", "",
+        "this size), or one whose population cannot move against the prediction (a rise from a first "
+        "side right on no question: nothing can break).", "",
         "Tests: rows with one yes/no outcome per question on both sides use the exact sign test (McNemar "
         "exact) on the fixed (0->1) and broken (1->0) questions, with an exact interval for the paired "
         "difference (Clopper-Pearson for p = fixed/(fixed+broken), mapped to (fixed+broken)/n x (2p-1)); "

@@ -20,6 +20,10 @@ Templates (the registry `TEMPLATES`):
 - `r1_chat`: ours, not the paper's: the R1 instructions as system turn, the question as user turn,
   and the assistant turn prefilled with `<think>`. Instruct models such as SmolLM2 follow a system
   turn far better than a plain-text preamble.
+- `r1_chat_1shot`: ours: `r1_chat` with one worked exchange before the question (`ONE_SHOT_EXAMPLE`,
+  a one-step sum in the R1 format). A 135M instruct model rarely closes the R1 tags unprompted, so
+  its strict-format accuracy is 0 under every zero-shot template whatever the question; one
+  demonstration is the smallest change that lets the probe measure accuracy (LOG.md, 2026-12-06).
 
 The r1 family (r1, r1_chat: `answer_close(name)` is "</answer>") asks for a response that ends with
 `</answer>`; with `common.stop_at_answer_close` generation stops there too (`r1repro.stops`).
@@ -30,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-TemplateName = Literal["r1", "qwen_math", "none", "chat", "r1_chat"]
+TemplateName = Literal["r1", "qwen_math", "none", "chat", "r1_chat", "r1_chat_1shot"]
 
 THINK_PREFILL = "<think>"
 ANSWER_CLOSE = "</answer>"  # the last tag of an R1-format response
@@ -47,6 +51,11 @@ R1_INSTRUCTIONS = (
 
 QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
+# The one worked exchange of `r1_chat_1shot`: (user turn, assistant turn). Its name is not one the
+# generated tasks use (synthetic_tasks.NAMES), so it never repeats a probed question.
+ONE_SHOT_EXAMPLE = ("Ana has 2 pens. Ana gets 3 more pens. How many pens does Ana have now?",
+                    "<think> Ana has 2 pens and gets 3 more, so 2 + 3 = 5. </think> <answer> 5 </answer>")
+
 
 @dataclass(frozen=True)
 class PromptTemplate:
@@ -58,6 +67,7 @@ class PromptTemplate:
         uses_chat_template: whether rendering goes through `tokenizer.apply_chat_template`.
         prefill: text the prompt ends with that belongs to the response format.
         description: one line for error messages and docs.
+        example: a worked (question, response) exchange shown before the question, or None.
         answer_close: the string a well-formed response ends with ("</answer>" for the r1 family),
             or "" when the format asks for none.
     """
@@ -68,6 +78,7 @@ class PromptTemplate:
     prefill: str
     description: str
     answer_close: str = ""
+    example: tuple[str, str] | None = None
 
 
 TEMPLATES: dict[str, PromptTemplate] = {
@@ -80,6 +91,9 @@ TEMPLATES: dict[str, PromptTemplate] = {
         PromptTemplate("chat", None, True, "", "the model's chat template, question only"),
         PromptTemplate("r1_chat", R1_INSTRUCTIONS, True, THINK_PREFILL, "R1 instructions as system turn",
                        answer_close=ANSWER_CLOSE),
+        PromptTemplate("r1_chat_1shot", R1_INSTRUCTIONS, True, THINK_PREFILL,
+                       "r1_chat with one worked exchange first", answer_close=ANSWER_CLOSE,
+                       example=ONE_SHOT_EXAMPLE),
     )
 }
 
@@ -109,7 +123,7 @@ def needs_chat_template(name: str) -> bool:
         name: a key of `TEMPLATES`.
 
     Returns:
-        True for qwen_math, chat and r1_chat; False for r1 and none.
+        True for qwen_math, chat and the r1_chat family; False for r1 and none.
     """
     return get_template(name).uses_chat_template
 
@@ -133,7 +147,7 @@ def answer_close(template: str) -> str:
         template: a key of `TEMPLATES`.
 
     Returns:
-        "</answer>" for the r1 family (r1, r1_chat), "" for templates that ask for no closing tag.
+        "</answer>" for the r1 family (r1, r1_chat, r1_chat_1shot), "" for templates that ask for no closing tag.
     """
     return get_template(template).answer_close
 
@@ -162,6 +176,9 @@ def _render_chat(template: PromptTemplate, question: str, tokenizer: Any) -> str
     messages = []
     if template.system is not None:
         messages.append({"role": "system", "content": template.system})
+    if template.example is not None:
+        messages += [{"role": "user", "content": template.example[0]},
+                     {"role": "assistant", "content": template.example[1]}]
     messages.append({"role": "user", "content": question})
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     # Prefill goes after the generation prompt: the assistant turn is opened, then already begun.
