@@ -45,8 +45,10 @@ from transformers.trainer_utils import SaveStrategy
 from trl import GRPOConfig, GRPOTrainer
 
 from r1repro import bench, rl
+from r1repro.io import atomic_write_json
 from r1repro.config import RlParams, load_params, repo_root
 from r1repro.modeling import resolve_device
+from r1repro.roofline import DTYPE_BYTES
 from r1repro.rollout import announce, choose_rollout
 
 CLIP_KEY = "clip_ratio/region_mean"  # TRL 1.16: share of tokens whose ratio left [1 - eps, 1 + eps]
@@ -62,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt-tokens", type=int, default=128, help="tokens per prompt")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--dtype", default="bfloat16", choices=sorted(bench.DTYPE_BYTES))
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES))
     parser.add_argument("--tiny", action="store_true", help="toy-sized model (CPU smoke run)")
     parser.add_argument("--profile", default="gpu", help="profiles/<name>.yaml merged into params.yaml")
     parser.add_argument("--runs", default="grpo,dr_grpo", help="comma-separated keys of rl.runs")
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             payload["plain"] = train(plain_config(args, Path(tmp) / "plain", device), folder, args, device,
                                      compact_scoring=False)
             report("any run", "plain", payload["plain"])
-            bench.write_json(args.out, payload)
+            atomic_write_json(args.out, payload)
         for run in runs:
             config, rollout = project_config(args, run, Path(tmp) / "project", device)
             # The project trains on the CPU with TRL's compact LM-head scoring (rl.train_run does the same).
@@ -252,11 +254,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 entry["speedup_vs_plain"] = payload["plain"]["seconds"] / entry["seconds"]
             payload["runs"][run] = entry
             report(run, "project", entry)
-            bench.write_json(args.out, payload)
+            atomic_write_json(args.out, payload)
     payload["complete"] = True
     rollout = payload["runs"][runs[-1]]["rollout"]
     print(f"project rollouts: {rollout['engine']}" + (f" ({rollout['reason']})" if rollout["reason"] else ""))
-    print(f"written to {bench.write_json(args.out, payload)}")
+    atomic_write_json(args.out, payload)
+    print(f"written to {args.out}")
     return payload
 
 

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 
 from r1repro import bench
+from r1repro.io import atomic_write_json
+from r1repro.roofline import DTYPE_BYTES, decode_roofline
 from r1repro.generation import load_generator
 from r1repro.modeling import resolve_device
 from r1repro.rollout import installed_vllm
@@ -45,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=512)
     parser.add_argument("--prompt-tokens", type=int, default=128, help="tokens per prompt")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--dtype", default="bfloat16", choices=sorted(bench.DTYPE_BYTES))
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES))
     parser.add_argument("--tiny", action="store_true", help="toy-sized model (CPU smoke run)")
     parser.add_argument("--model", default=None, help="a local model folder instead of a random model")
     parser.add_argument("--backends", default="auto",
@@ -177,8 +179,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tokenizer = bench.word_tokenizer(arch["vocab_size"])
         model = bench.random_model(arch, tokenizer, dtype=args.dtype, device=device, seed=args.seed)
         prompts = bench.random_prompts(args.prompts, args.prompt_tokens, arch["vocab_size"], args.seed)
-    roofline = bench.decode_roofline(arch, bench.weight_bytes(model), args.dtype, args.prompts,
-                                     args.prompt_tokens, args.new_tokens, args.bandwidth_gbs)
+    roofline = decode_roofline(arch, bench.weight_bytes(model), DTYPE_BYTES[args.dtype], args.prompts,
+                               args.prompt_tokens, args.new_tokens, args.bandwidth_gbs)
     names = backends(args.backends, device)
     payload = {"workload": {"prompts": args.prompts, "prompt_tokens": args.prompt_tokens,
                             "new_tokens": args.new_tokens, "dtype": args.dtype, "tiny": args.tiny,
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lambda: plain_generate(model, tokenizer, prompts, args.new_tokens, args.batch_size or len(prompts)),
         args.repeats, device)}
     # Written after every engine: a run stopped at its time budget keeps what it measured.
-    bench.write_json(args.out, {**payload, "results": scored(results, roofline)})
+    atomic_write_json(args.out, {**payload, "results": scored(results, roofline)})
     with tempfile.TemporaryDirectory() as tmp:
         if "vllm" in names:  # vLLM loads its own copy from disk
             model.save_pretrained(tmp)
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             except Exception as err:  # one broken engine must not cost the others' numbers (a device run is one shot)
                 payload["errors"][name] = f"{type(err).__name__}: {err}"
                 print(f"{name}: FAILED: {payload['errors'][name]}")
-            bench.write_json(args.out, {**payload, "results": scored(results, roofline)})
+            atomic_write_json(args.out, {**payload, "results": scored(results, roofline)})
     results = scored(results, roofline)
     fastest = max((n for n in results if n != "plain_generate"), key=lambda n: results[n]["tokens_per_s"],
                   default=None)
@@ -219,7 +221,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report(results, roofline)
     ratio = f" (x{results[fastest]['ratio_vs_plain']:.2f} vs plain generate)" if fastest else ""
     print(f"vLLM: {payload['vllm']}")
-    print(f"fastest project backend: {fastest}{ratio}; written to {bench.write_json(args.out, payload)}")
+    atomic_write_json(args.out, payload)
+    print(f"fastest project backend: {fastest}{ratio}; written to {args.out}")
     return payload
 
 

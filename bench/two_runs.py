@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from r1repro import bench, rl
+from r1repro.io import atomic_write_json
 from r1repro.config import CommonParams, RlParams
 from r1repro.modeling import resolve_device
 
@@ -133,10 +134,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"free {before['free_mib']:.0f} -> {after['free_mib']:.0f} MiB (start {start['free_mib']:.0f}), "
                 f"allocated here {after['allocated_mib']:.0f} MiB: {'returned' if returned else 'NOT RETURNED'}"
                 if after else "memory: not measured off CUDA"))
-            bench.write_json(args.out, payload)
+            atomic_write_json(args.out, payload)
     checks = [r["memory_returned"] for r in payload["runs"] if r["memory_returned"] is not None]
     payload["memory_returned"] = all(checks) if checks else None
-    print(f"written to {bench.write_json(args.out, payload)}")
+    atomic_write_json(args.out, payload)
+    print(f"written to {args.out}")
     return payload
 
 

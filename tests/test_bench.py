@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from r1repro import bench
+from r1repro import bench, roofline
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings(  # raised inside TRL 1.16 on transformers 5, not by us
@@ -50,9 +50,9 @@ def test_word_tokenizer_maps_words_to_ids_and_puts_eos_outside_the_vocabulary():
 def test_kv_bytes_and_roofline_by_hand():
     arch = bench.architecture()
     # 28 layers x (K and V) x 2 KV heads x head_dim 128 x 2 bytes
-    assert bench.kv_bytes_per_token(arch, "bfloat16") == 28 * 2 * 2 * 128 * 2
-    roof = bench.decode_roofline(arch, weights=3_000_000_000, dtype="bfloat16", rows=2,
-                                 prompt_tokens=10, new_tokens=3, bandwidth_gbs=1000.0)
+    assert roofline.kv_bytes_per_token(arch, roofline.DTYPE_BYTES["bfloat16"]) == 28 * 2 * 2 * 128 * 2
+    roof = roofline.decode_roofline(arch, weights=3_000_000_000, dtype_bytes=2, rows=2,
+                                    prompt_tokens=10, new_tokens=3, bandwidth_gbs=1000.0)
     kv = 2 * 28672 * (10 + 11 + 12)  # rows x bytes/token x context read at steps 0, 1, 2
     assert roof["total_bytes"] == pytest.approx(3 * 3e9 + kv)
     assert roof["min_seconds"] == pytest.approx((3 * 3e9 + kv) / 1e12)

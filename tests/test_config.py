@@ -299,3 +299,53 @@ def test_no_evaluation_column_of_the_cpu_default_rests_on_fewer_than_30_question
         sampled = min(greedy, evaluate.sampled_limit or greedy)
         assert greedy >= 30, f"evaluate.benchmarks.{name}: {greedy} questions"
         assert sampled >= 30, f"evaluate: {name} sampled on {sampled} questions (sampled_limit)"
+
+
+# A default that params.yaml overrides is what an omitted key means. These are switches and "none"
+# values, where the default is the feature off (or resolved per machine), not a number that drifted;
+# every other default must equal params.yaml's value, so that a class built without arguments (in a
+# test, a benchmark) runs the pipeline's settings.
+DEFAULT_IS_OFF = {
+    "common.dtype": "auto is resolved per machine by stage_setup; a bare CommonParams computes in float32",
+    "common.inference_dtype": "None: as dtype",
+    "common.answer_cache_dir": "None: no cache, so a bare CommonParams never reuses the repository's answers",
+    "splits": "None: no in-domain split",
+    "rl.micro_batch_size": "None: the whole step in one pass (8 does not divide every step)",
+    "rl.lora.enabled": "off: a full fine-tune",
+    "rl.heldout": "None: no periodic held-out check",
+    "rl.seeds": "None: [common.seed]",
+    "rl.prompt_filter.enabled": "off: train on rl.prompts as they come",
+}
+
+
+def _differences(default, given, key: str):
+    """Keys (dotted) where two dumped values differ, down to the leaves both hold as dicts."""
+    if isinstance(default, dict) and isinstance(given, dict):
+        for name in sorted(set(default) | set(given)):
+            yield from _differences(default.get(name), given.get(name), f"{key}.{name}")
+    elif default != given:
+        yield key
+
+
+def _drifted_defaults(model: type, values: dict, prefix: str = ""):
+    """Every key of params.yaml whose field has a default different from the value params.yaml sets."""
+    from pydantic import TypeAdapter
+
+    for name, field in model.model_fields.items():
+        if name not in values:
+            continue
+        if prefix == "" and isinstance(field.annotation, type) and issubclass(field.annotation, config.Section):
+            yield from _drifted_defaults(field.annotation, values[name], f"{name}.")
+            continue  # a section's own default is the sum of its fields' defaults, checked there
+        if field.is_required():
+            continue
+        adapter = TypeAdapter(field.annotation)
+        default = adapter.dump_python(field.get_default(call_default_factory=True), mode="json")
+        given = adapter.dump_python(adapter.validate_python(values[name]), mode="json")
+        yield from _differences(default, given, prefix + name)
+
+
+def test_config_defaults_equal_params_yaml(params_dict: dict) -> None:
+    drifted = set(_drifted_defaults(config.Params, params_dict))
+    assert drifted - set(DEFAULT_IS_OFF) == set(), "defaults that differ from params.yaml"
+    assert set(DEFAULT_IS_OFF) <= drifted, "an exempt default now equals params.yaml: drop it from the list"

@@ -15,11 +15,13 @@ from hypothesis import strategies as st
 from r1repro.metrics import (
     bootstrap_ci,
     cons_at_k,
+    interval_text,
     majority_answer,
     mean_at_k,
     mean_pass_at_k,
     pass_at_k,
     per_question_accuracy,
+    seed_averaged,
     summarize,
 )
 
@@ -185,3 +187,16 @@ def test_summarize():
 def test_summarize_empty():
     summary = summarize([])
     assert summary["n_questions"] == 0 and summary["k"] == 0 and math.isnan(summary["mean"])
+
+
+def test_seed_averaged_pairs_the_questions_every_side_holds():
+    seeds = [{"a": 1.0, "b": 1.0}, {"a": 0.0, "b": 1.0, "c": 0.0}]
+    before, after = seed_averaged({"b": 0.0, "a": 1.0, "c": 1.0}, seeds)
+    assert before == {"a": 1.0, "b": 0.0} and after == {"a": 0.5, "b": 1.0}
+    assert list(after) == ["a", "b"]  # sorted: the bootstrap resamples the same order everywhere
+
+
+def test_interval_text_is_one_bracket_or_nothing():
+    assert interval_text(0.094, 0.375) == "[9.4, 37.5]"
+    assert interval_text(-0.031, 0.156, lambda v: f"{100 * v:+.1f}") == "[-3.1, +15.6]"
+    assert interval_text(None, 0.5) == interval_text(0.1, float("nan")) == ""

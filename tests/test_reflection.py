@@ -1,4 +1,4 @@
-"""Tests for r1repro.reflection: keyword matching rules, rates, and the LLM-judge hook on strings.
+"""Tests for r1repro.reflection: keyword matching rules and rates on strings.
 
 Run: python -m pytest tests/test_reflection.py -q
 """
@@ -12,14 +12,9 @@ import pytest
 
 from r1repro.reflection import (
     KEYWORDS,
-    ReflectionCategory,
     count_keywords,
     has_reflection,
-    is_self_reflective,
-    judge_prompt,
     keyword_totals,
-    make_llm_judge,
-    parse_judge_verdict,
     question_reflection_rate,
 )
 
@@ -112,50 +107,3 @@ def test_question_reflection_rate():
     groups = [["plain", "let me recheck"], ["plain", "plain"], [], ["Think again."]]
     assert question_reflection_rate(groups) == pytest.approx(2 / 4)
     assert math.isnan(question_reflection_rate([]))
-
-
-def test_judge_prompt_holds_question_response_and_categories():
-    prompt = judge_prompt("What is {x}?", "x is 2. Let me verify: yes.")
-    assert "What is {x}?" in prompt and "x is 2. Let me verify: yes." in prompt
-    assert all(f"{n} - " in prompt for n in range(4))
-    assert judge_prompt(None, None).endswith("Response:\n\n")
-
-
-@pytest.mark.parametrize(
-    "reply,expected",
-    [
-        ("The response verifies its result by substitution. 2", ReflectionCategory.REFLECTION),
-        ("Not category 1: it re-checks a step. 2.", ReflectionCategory.REFLECTION),
-        ("Direct solution, no revisiting. 1", ReflectionCategory.NO_REFLECTION),
-        ("Off-topic rambling.\n0", ReflectionCategory.OFF_TOPIC),
-        ("Only Python code. **3**", ReflectionCategory.CODE_ONLY),
-        ("It computes 0.5 and 12 and stops.", None),
-        ("Category 7", None),
-        ("", None),
-        (None, None),
-    ],
-)
-def test_parse_judge_verdict(reply, expected):
-    assert parse_judge_verdict(reply) == expected
-
-
-def test_judge_cross_check():
-    says_reflection = make_llm_judge(lambda prompt: "It reflects. 2")
-    says_none = make_llm_judge(lambda prompt: "No reflection. 1")
-
-    def unreachable(prompt):
-        raise ConnectionError("judge down")
-
-    reflective = "Let me recheck: 2 + 2 = 4."
-    assert is_self_reflective(reflective)  # keywords only, judge off by default
-    assert is_self_reflective(reflective, "q", says_reflection)
-    assert not is_self_reflective(reflective, "q", says_none)
-    assert not is_self_reflective(reflective, "q", make_llm_judge(unreachable))
-    assert not is_self_reflective("2 + 2 = 4.", "q", says_reflection)  # the judge alone is not enough
-
-
-def test_rate_with_judge_needs_questions():
-    judge = make_llm_judge(lambda prompt: "2")
-    assert question_reflection_rate([["recheck"], ["no"]], ["q1", "q2"], judge) == 0.5
-    with pytest.raises(ValueError, match="one question text per response group"):
-        question_reflection_rate([["recheck"]], None, judge)

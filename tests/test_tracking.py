@@ -22,6 +22,7 @@ import yaml
 
 from r1repro import distill, rl, runtime, sft
 from r1repro.config import CommonParams, ConfigError, DistillParams, RlParams, SftParams
+from r1repro.generation import Usage
 from r1repro.modeling import TRACKERS, check_tracker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,8 +189,9 @@ def test_training_stages_check_the_tracker_at_setup(installed, tmp_path, monkeyp
     common = CommonParams(device="cpu", report_to="wandb").model_dump(mode="json")
     for stage, section in (("sft", SftParams()), ("rl", RlParams()), ("distill", DistillParams())):
         with pytest.raises(ConfigError, match="common.report_to is 'wandb'"):
-            runtime.stage_setup(stage, common, section.model_dump(mode="json"), str(tmp_path / stage))
+            runtime.stage_setup(stage, common, section.model_dump(mode="json"), str(tmp_path / stage),
+                                usage=Usage())
     # a stage that trains nothing does not need the tracker
     probe = yaml.safe_load((ROOT / "params.yaml").read_text())["probe"]
-    ctx = runtime.stage_setup("probe", common, probe, str(tmp_path / "probe"))
+    ctx = runtime.stage_setup("probe", common, probe, str(tmp_path / "probe"), usage=Usage())
     assert ctx.common.report_to == "wandb"

@@ -1,5 +1,7 @@
 """Shared pieces of the benchmarks in bench/: a random model of a known architecture, a tokenizer
-that maps words to ids one to one, the memory-bandwidth roofline of decoding, peak memory, JSON.
+that maps words to ids one to one, the weights' bytes and peak memory. The decode memory model (bytes
+per dtype, KV per token, the bandwidth roofline) is `r1repro.roofline`'s; JSON goes through
+`r1repro.io.atomic_write_json`.
 
 The benchmarks time rollouts (bench/rollout.py) and GRPO steps (bench/grpo_step.py) at the Dr. GRPO
 paper's scale without fetching weights: speed depends on the architecture, not on what the weights
@@ -18,7 +20,6 @@ say. Two things follow from random weights, and both are handled here:
 
 from __future__ import annotations
 
-import json
 import random
 import resource
 import sys
@@ -40,7 +41,6 @@ TINY = {
     "intermediate_size": 256, "vocab_size": 512, "tie_word_embeddings": True,
     "max_position_embeddings": 4096, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
 }
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 H200_BANDWIDTH_GBS = 4800.0  # HBM3e, NVIDIA's data sheet
 
 
@@ -125,40 +125,6 @@ def weight_bytes(model: Any) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def kv_bytes_per_token(arch: dict[str, Any], dtype: str) -> int:
-    """Bytes of K and V cached per token, all layers."""
-    head_dim = arch["hidden_size"] // arch["num_attention_heads"]
-    return 2 * arch["num_hidden_layers"] * arch["num_key_value_heads"] * head_dim * DTYPE_BYTES[dtype]
-
-
-def decode_roofline(arch: dict[str, Any], weights: int, dtype: str, rows: int, prompt_tokens: int,
-                    new_tokens: int, bandwidth_gbs: float) -> dict[str, float]:
-    """The fastest decoding memory bandwidth allows: every step reads all weights and each row's KV.
-
-    Decode is memory-bound at these sizes: step t (0-based) of a batch of `rows` reads the weights
-    once (the tied embedding as the LM head) and, per row, the K and V of its prompt_tokens + t
-    earlier tokens. Prefill and everything that is not a weight or KV read (activations, logits,
-    sampling) are left out, so the bound is optimistic and a fraction near 1 is out of reach.
-
-    Args:
-        arch: the Qwen2 config values.
-        weights: bytes of the weights (`weight_bytes`).
-        dtype: the KV cache's dtype (the model's).
-        rows: sequences decoded together.
-        prompt_tokens, new_tokens: tokens per prompt and per response.
-        bandwidth_gbs: memory bandwidth in GB/s (1e9 bytes).
-
-    Returns:
-        bytes_per_step (mean), total_bytes, min_seconds, max_tokens_per_s.
-    """
-    kv_rows = rows * kv_bytes_per_token(arch, dtype) * (
-        new_tokens * prompt_tokens + new_tokens * (new_tokens - 1) / 2)
-    total = new_tokens * weights + kv_rows
-    seconds = total / (bandwidth_gbs * 1e9)
-    return {"bytes_per_step": total / new_tokens, "total_bytes": total, "min_seconds": seconds,
-            "max_tokens_per_s": rows * new_tokens / seconds}
-
-
 def reset_peak_memory(device: str) -> None:
     """Start a new peak-memory window (CUDA only; the CPU figure is the process's peak so far)."""
     if device.startswith("cuda"):
@@ -179,14 +145,6 @@ def peak_memory_gb(device: str) -> dict[str, float]:
                 "device_used_gb": (total - free) / 1e9}
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
     return {"process_peak_rss_gb": rss_kb * 1024 / 1e9}
-
-
-def write_json(path: Path | str, payload: dict[str, Any]) -> Path:
-    """Write `payload` as indented JSON, making the folder; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    return path
 
 
 def environment(device: str) -> dict[str, Any]:

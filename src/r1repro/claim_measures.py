@@ -341,10 +341,9 @@ def rl_gain(knobs: tuple[str, str]):
                                  lambda r: r["correct"]) for s in seeds]
         if not all(per_seed):
             return None
-        questions = sorted(set(start).intersection(*map(set, per_seed)))
-        after = {q: float(np.mean([s[q] for s in per_seed])) for q in questions}
-        result = paired({q: start[q] for q in questions}, after, exact=None if len(seeds) == 1 else False,
-                        detail=f"{run}: {100 * np.mean([start[q] for q in questions]):.1f}% -> "
+        start, after = metrics.seed_averaged(start, per_seed)
+        result = paired(start, after, exact=None if len(seeds) == 1 else False,
+                        detail=f"{run}: {100 * np.mean(list(start.values())):.1f}% -> "
                                f"{100 * np.mean(list(after.values())):.1f}%")
         transfer = benchmark_transfer(records, run)
         caveats = (rl_task_caveat(records), seeds_caveat(seeds)) + ((transfer[0],) if transfer else ())

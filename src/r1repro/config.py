@@ -263,15 +263,15 @@ class ProbeParams(Section):
     """Stage 1: probe base models (templates, answer rate, exploration, self-reflection)."""
 
     models: dict[str, str] = Field(..., description="label -> hub id or local path")
-    templates: list[Template] = ["r1", "qwen_math", "none"]
+    templates: list[Template] = ["r1", "qwen_math", "none", "r1_chat", "r1_chat_1shot"]
     questions: BenchmarkSubset
-    sampling: SamplingParams = SamplingParams()
+    sampling: SamplingParams = SamplingParams(top_p=0.95, max_new_tokens=128)
     temperatures: list[float] = [0.0, 0.6, 1.0]
     k: int = Field(4, ge=1, description="samples per question for pass@k")
-    examples_shown: int = Field(3, ge=0)
+    examples_shown: int = Field(2, ge=0)
     accuracy_template: Template = Field(
-        "r1", description="the template whose greedy accuracy the findings compare with no template "
-        "(template_accuracy); it must be one of probe.templates")
+        "r1_chat_1shot", description="the template whose greedy accuracy the findings compare with no "
+        "template (template_accuracy); it must be one of probe.templates")
 
     @model_validator(mode="after")
     def _check(self) -> "ProbeParams":
@@ -292,9 +292,9 @@ class SftParams(Section):
     output_dir: str = "models/sft"
     template: Template = "r1_chat"
     train_examples: int = Field(64, ge=1)
-    heldout: BenchmarkSubset = BenchmarkSubset(file="train/asdiv.jsonl", limit=32, offset=1500)
+    heldout: BenchmarkSubset = BenchmarkSubset(file="train/asdiv.jsonl", limit=64, offset=600)
     epochs: float = Field(1.0, gt=0.0)
-    learning_rate: float = Field(5e-5, gt=0.0)
+    learning_rate: float = Field(2e-4, gt=0.0)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(512, ge=16)
@@ -304,7 +304,7 @@ class SftParams(Section):
         "worked", description="worked: checked solutions from the arithmetic solver; "
         "teacher: rejection sampling from `teacher` with a few-shot prompt")
     train_questions: BenchmarkSubset = Field(
-        BenchmarkSubset(file="train/asdiv.jsonl", limit=1500),
+        BenchmarkSubset(file="train/asdiv.jsonl", limit=600),
         description="training questions the examples are made from (disjoint from heldout)")
     teacher: str = Field("models/base", description="hub id or local path (source: teacher)")
     teacher_sampling: SamplingParams = SamplingParams(n=4, temperature=0.8, top_p=0.95, max_new_tokens=512)
@@ -312,7 +312,7 @@ class SftParams(Section):
     min_language: float = Field(0.95, ge=0.0, le=1.0, description="least share of target-language words")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="share of steps warming up")
-    save_steps: int = Field(10, ge=1, description="optimizer steps between resumable checkpoints")
+    save_steps: int = Field(2, ge=1, description="optimizer steps between resumable checkpoints")
     checkpoint_dir: str | None = Field(None, description="default: <output_dir>-checkpoints")
     keep_checkpoints: bool = Field(False, description="keep checkpoints after a successful run")
     gradient_checkpointing: bool = Field(False, description="trade compute for memory (large models)")
@@ -341,8 +341,8 @@ class PromptFilterParams(Section):
     """
 
     enabled: bool = False
-    candidates: int | None = Field(None, ge=1, description="prompts measured; None: all of rl.prompts")
-    sampling: SamplingParams = SamplingParams(n=4, temperature=1.0, top_p=1.0, max_new_tokens=256)
+    candidates: int | None = Field(128, ge=1, description="prompts measured; None: all of rl.prompts")
+    sampling: SamplingParams = SamplingParams(n=4, temperature=0.7, top_p=1.0, max_new_tokens=128)
     min_pass: float = Field(0.25, ge=0.0, le=1.0)
     max_pass: float = Field(0.75, ge=0.0, le=1.0)
 
@@ -362,29 +362,31 @@ class RlParams(Section):
     init_model: str = "models/sft"
     output_dir: str = "models/rl"
     template: Template = "r1_chat"
-    prompts: BenchmarkSubset = BenchmarkSubset(file="train/asdiv.jsonl", limit=16)
+    prompts: BenchmarkSubset = BenchmarkSubset(synthetic=SyntheticQuestions(task="word_ops"), limit=600)
     runs: dict[str, RlRun] = {
         "grpo": RlRun(loss_type="grpo", scale_rewards="group"),
         "dr_grpo": RlRun(loss_type="dr_grpo", scale_rewards="none"),
     }
-    max_steps: int = Field(10, ge=1)
+    max_steps: int = Field(8, ge=1)
     num_generations: int = Field(8, ge=2, description="group size")
-    prompts_per_step: int = Field(2, ge=1)
-    max_completion_length: int = Field(64, ge=1)
-    temperature: float = Field(1.0, gt=0.0)
-    learning_rate: float = Field(1e-6, gt=0.0)
+    prompts_per_step: int = Field(4, ge=1)
+    max_completion_length: int = Field(128, ge=1)
+    temperature: float = Field(0.7, gt=0.0)
+    learning_rate: float = Field(3e-4, gt=0.0)
     beta: float = Field(0.0, ge=0.0, description="KL coefficient")
     epsilon: float = Field(0.2, gt=0.0, description="clip range")
-    reward_weights: dict[str, float] = {"accuracy": 1.0, "format": 0.0, "language": 0.0}
-    save_steps: int = Field(5, ge=1)
-    eval_sampling: SamplingParams = SamplingParams()
+    reward_weights: dict[str, float] = {"accuracy": 1.0, "format": 0.5, "language": 0.0}
+    save_steps: int = Field(4, ge=1)
+    eval_sampling: SamplingParams = SamplingParams(max_new_tokens=128)
     micro_batch_size: int | None = Field(
         None, ge=1, description="completions per forward/backward pass (gradient accumulation "
         "inside one step); None: all prompts_per_step x num_generations at once")
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass (saves GPU memory, ~20% slower)")
     lora: LoraParams = Field(
-        LoraParams(), description="train LoRA adapters (PEFT) instead of every weight; merged into final/")
+        LoraParams(dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                "down_proj"]),
+        description="train LoRA adapters (PEFT) instead of every weight; merged into final/")
     heldout: BenchmarkSubset | None = Field(
         None, description="held-out prompts answered greedily every eval_steps (disjoint from prompts)")
     eval_steps: int = Field(0, ge=0, description="held-out evaluation every N steps; 0: off")
@@ -393,7 +395,7 @@ class RlParams(Section):
         "the same prompts, paired seed by seed; the findings pool them. None: [common.seed]. The first "
         "seed's run keeps the folder <output_dir>/<run>; the others go to <run>_seed<N>")
     eval_limit: int | None = Field(
-        None, ge=1, description="questions of rl.heldout answered at each periodic evaluation (the "
+        64, ge=1, description="questions of rl.heldout answered at each periodic evaluation (the "
         "first N; each point costs a generation pass during training); None: all")
     prompt_filter: PromptFilterParams = PromptFilterParams()
     updates_per_rollout: int = Field(
@@ -508,22 +510,25 @@ class DistillParams(Section):
 
     teacher: str = Field("models/rl/dr_grpo/final", description="hub id or local path of the teacher")
     students: dict[str, StudentSpec] = Field(
-        {"llama_smollm2": StudentSpec(init="models/base")},
+        {"llama_smollm2": StudentSpec(init="models/base"),
+         "qwen2_scratch_not_pretrained": StudentSpec(
+             architecture="qwen2", config=ScratchModelConfig(), tokenizer="models/base",
+             note="random init, no pretrained weights")},
         description="label -> {init: path} or {architecture, config, tokenizer}; a plain string means init")
     output_dir: str = Field("models/distill", description="each student lands in <output_dir>/<label>")
     template: Template = "r1_chat"
-    prompts: BenchmarkSubset = BenchmarkSubset(file="train/asdiv.jsonl", limit=48)
-    heldout: BenchmarkSubset = BenchmarkSubset(file="train/asdiv.jsonl", limit=32, offset=1500)
-    sampling: SamplingParams = SamplingParams(n=4, temperature=0.8, top_p=0.95)
+    prompts: BenchmarkSubset = BenchmarkSubset(file="train/asdiv.jsonl", limit=32)
+    heldout: BenchmarkSubset = BenchmarkSubset(file="train/asdiv.jsonl", limit=64, offset=600)
+    sampling: SamplingParams = SamplingParams(n=4, temperature=0.8, top_p=0.95, max_new_tokens=128)
     per_question: int = Field(2, ge=1, description="most distinct correct traces kept per prompt")
     min_language: float = Field(0.95, ge=0.0, le=1.0, description="least share of target-language words")
-    epochs: float = Field(1.0, gt=0.0)
-    learning_rate: float = Field(5e-5, gt=0.0)
+    epochs: float = Field(3.0, gt=0.0)
+    learning_rate: float = Field(2e-4, gt=0.0)
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(512, ge=16)
     lora: LoraParams = LoraParams()
     eval_sampling: SamplingParams = SamplingParams(max_new_tokens=128)
-    save_steps: int = Field(10, ge=1, description="optimizer steps between a student's resumable checkpoints")
+    save_steps: int = Field(2, ge=1, description="optimizer steps between a student's resumable checkpoints")
 
     @field_validator("students", mode="before")
     @classmethod
@@ -558,11 +563,11 @@ class EvaluateParams(Section):
 
     models: dict[str, str] = Field(..., description="label -> hub id or local path")
     benchmarks: dict[str, BenchmarkSubset]
-    template: Template = "r1"
-    sampling: SamplingParams = SamplingParams(n=4, temperature=0.6, top_p=0.95)
-    greedy_max_new_tokens: int = Field(256, ge=0, description="greedy response budget; 0: no greedy decoding")
+    template: Template = "r1_chat"
+    sampling: SamplingParams = SamplingParams(n=4, temperature=0.6, top_p=0.95, max_new_tokens=128)
+    greedy_max_new_tokens: int = Field(128, ge=0, description="greedy response budget; 0: no greedy decoding")
     sampled_limit: int | None = Field(
-        None, ge=1, description="questions of each benchmark (its first ones) that are also sampled k "
+        32, ge=1, description="questions of each benchmark (its first ones) that are also sampled k "
         "times for mean@k and cons@k; None: all. Greedy answers cover every question")
     bootstrap_samples: int = Field(1000, ge=10)
     confidence: float = Field(0.95, gt=0.0, lt=1.0)

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from r1repro import grading, metrics, rewards, templates
+from r1repro.metrics import interval_text
 from r1repro.stops import StopPolicy, stop_policy_for
 
 MODES = ("greedy", "sampled")
@@ -389,11 +390,23 @@ def paired_change(before: Sequence[dict], after: Sequence[dict], n_boot: int = 1
     Raises:
         ValueError: the two sets cover different questions.
     """
-    first = {r["question_id"]: float(r["correct"]) for r in before}
-    second = {r["question_id"]: float(r["correct"]) for r in after}
+    return _paired_scores_change(_scores(before), _scores(after), n_boot, confidence, seed)
+
+
+def _scores(records: Sequence[dict]) -> dict[Any, float]:
+    return {r["question_id"]: float(r["correct"]) for r in records}
+
+
+def _same_questions(first: dict[Any, float], second: dict[Any, float]) -> None:
     if set(first) != set(second):
         raise ValueError(f"paired_change: the record sets cover different questions "
                          f"({len(set(first) ^ set(second))} differ)")
+
+
+def _paired_scores_change(first: dict[Any, float], second: dict[Any, float], n_boot: int, confidence: float,
+                          seed: int) -> dict[str, Any]:
+    """`paired_change` on {question: score} of both sides."""
+    _same_questions(first, second)
     diffs = [second[q] - first[q] for q in sorted(first)]
     change, low, high = _mean_ci(diffs, n_boot, confidence, seed)
     fixed, broke = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
@@ -418,11 +431,13 @@ def paired_change_over_seeds(before: Sequence[dict], after_by_seed: dict[Any, Se
     """
     if not after_by_seed:
         raise ValueError("paired_change_over_seeds: no seeds")
-    per_seed = [{r["question_id"]: float(r["correct"]) for r in records} for records in after_by_seed.values()]
+    per_seed = [_scores(records) for records in after_by_seed.values()]
     if any(set(p) != set(per_seed[0]) for p in per_seed):
         raise ValueError("paired_change_over_seeds: the seeds' record sets cover different questions")
-    averaged = [{"question_id": q, "correct": float(np.mean([p[q] for p in per_seed]))} for q in per_seed[0]]
-    return {**paired_change(before, averaged, n_boot, confidence, seed), "seeds": len(per_seed)}
+    first = _scores(before)
+    _same_questions(first, per_seed[0])  # before the averaging, which keeps only the shared questions
+    change = _paired_scores_change(*metrics.seed_averaged(first, per_seed), n_boot, confidence, seed)
+    return {**change, "seeds": len(per_seed)}
 
 
 def sign_test_p(fixed: int, broke: int) -> float:
@@ -449,7 +464,8 @@ def _interval_text(metrics: dict[str, Any], metric: str, model: str, benchmark: 
         return "n/a"
     low = metrics.get(f"{metric}_low", {}).get(model, {}).get(benchmark)
     high = metrics.get(f"{metric}_high", {}).get(model, {}).get(benchmark)
-    return f"{100 * value:.1f}" + (f" [{100 * low:.1f}, {100 * high:.1f}]" if low is not None else "")
+    bracket = interval_text(low, high)
+    return f"{100 * value:.1f}" + (f" {bracket}" if bracket else "")
 
 
 def _higher(metrics: dict[str, Any], metric: str, a: str, b: str, benchmark: str) -> str:

@@ -311,9 +311,7 @@ def _number(value: float | None, scale: str) -> str:
 
 
 def _interval_text(low: float | None, high: float | None, scale: str) -> str:
-    if low is None or high is None or math.isnan(low) or math.isnan(high):
-        return "n/a"
-    return f"[{_number(low, scale)}, {_number(high, scale)}]"
+    return metrics.interval_text(low, high, lambda v: _number(v, scale)) or "n/a"
 
 
 def _p_text(p: float) -> str:

@@ -1,4 +1,5 @@
-"""Evaluation metrics over graded samples: pass@k, mean@k, cons@k and bootstrap intervals.
+"""Evaluation metrics over graded samples: pass@k, mean@k, cons@k, bootstrap intervals, the
+seed-averaged pairing of a change, and the one bracket format intervals are written in.
 
 Pure functions on verdicts and answers; grading happens elsewhere (r1repro.grading), and answer
 equivalence is passed in as a callable, so everything here runs without math-verify:
@@ -17,7 +18,7 @@ Conventions:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -194,6 +195,45 @@ def cons_at_k(
         if winner is not None and isinstance(gold, str) and _safe_equivalent(equivalent, winner, gold):
             hits += 1
     return hits / len(golds)
+
+
+def seed_averaged(before: Mapping[Hashable, float], after_by_seed: Sequence[Mapping[Hashable, float]]
+                  ) -> tuple[dict[Hashable, float], dict[Hashable, float]]:
+    """The two sides of a paired change against a run trained with several seeds, per question: the
+    start's score and the trained score averaged over the seeds, so each question stays one paired
+    unit with the seeds' noise averaged in (with one seed, the plain pair).
+
+    Evaluate's paired change (`evaluation.paired_change_over_seeds`) and the findings' RL rows
+    (`claim_measures.rl_gain`) both pair this way; each then bootstraps the differences with its own
+    params (evaluate.bootstrap_samples, report.bootstrap_samples).
+
+    Args:
+        before: {question: score} of the starting model.
+        after_by_seed: one {question: score} per seed of the trained model.
+
+    Returns:
+        (before, after) on the questions the start and every seed hold, in sorted order.
+    """
+    questions = sorted(set(before).intersection(*after_by_seed))
+    return ({q: before[q] for q in questions},
+            {q: float(np.mean([scores[q] for scores in after_by_seed])) for q in questions})
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def interval_text(low: Any, high: Any, number: Callable[[float], str] = _percent) -> str:
+    """`[9.4, 37.5]`: an interval's ends, each written by `number` (default: a share in % with one
+    decimal). The one bracket format of every table (evaluate, findings, report).
+
+    Returns:
+        The bracket, or "" when an end is missing (None, NaN or infinite): each caller decides what
+        stands in its place ("n/a", or the value alone).
+    """
+    if any(v is None or not math.isfinite(v) for v in (low, high)):
+        return ""
+    return f"[{number(low)}, {number(high)}]"
 
 
 def _finite_array(values: Sequence[float]) -> np.ndarray:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from r1repro.io import atomic_write_text
+from r1repro.metrics import interval_text
 from r1repro.pipeline import RESULTS_DIR, result_folders, stage as pipeline_stage
 from r1repro.stage_metrics import DistillMetrics, RlMetrics, RlRunMetrics, SftMetrics, StageMetrics
 
@@ -83,10 +84,8 @@ def pct(value: Any) -> str:
 def pct_ci(summary: dict, key: str = "accuracy") -> str:
     """`21.9% [9.4, 37.5]`: a share with its interval (`<key>_low`, `<key>_high`) from a summary dict."""
     text = pct(summary.get(key))
-    low, high = summary.get(f"{key}_low"), summary.get(f"{key}_high")
-    if text != "n/a" and not _missing(low) and not _missing(high):
-        text += f" [{100 * low:.1f}, {100 * high:.1f}]"
-    return text
+    bracket = interval_text(summary.get(f"{key}_low"), summary.get(f"{key}_high"))
+    return f"{text} {bracket}" if text != "n/a" and bracket else text
 
 
 def num(value: Any, digits: int = 1) -> str:
@@ -229,8 +228,8 @@ def change_text(run: RlRunMetrics) -> str:
     if _missing(change):
         return "n/a"
     text = f"{100 * change:+.1f} pts"
-    if not _missing(paired.get("change_low")) and not _missing(paired.get("change_high")):
-        text += f" [{100 * paired['change_low']:+.1f}, {100 * paired['change_high']:+.1f}]"
+    bracket = interval_text(paired.get("change_low"), paired.get("change_high"), lambda v: f"{100 * v:+.1f}")
+    text += f" {bracket}" if bracket else ""
     if paired.get("fixed") is not None:
         text += f" ({paired['fixed']}/{paired.get('broke')})"
     if not _missing(paired.get("sign_test_p")):

@@ -80,13 +80,49 @@ def flops_per_token(config: dict[str, Any], context: int) -> float:
     return 2 * matmul_weights + 4 * layers * h * context
 
 
+# Bytes per element of the dtypes a model or its KV cache is held in.
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def kv_bytes_per_token(config: dict[str, Any], dtype_bytes: int) -> int:
+    """Bytes of K and V cached per token, all layers (grouped-query heads as config.json says)."""
+    heads = config["num_attention_heads"]
+    kv = config.get("num_key_value_heads", heads) * (config["hidden_size"] // heads)
+    return 2 * config["num_hidden_layers"] * kv * dtype_bytes
+
+
 def bytes_per_token(config: dict[str, Any], context: int, batch: int, dtype_bytes: int) -> float:
     """Memory read per generated token in batched decoding: the weights once per step, shared by the
     batch's rows, and the row's own KV cache."""
-    heads = config["num_attention_heads"]
-    kv = config.get("num_key_value_heads", heads) * (config["hidden_size"] // heads)
-    return (parameter_count(config) * dtype_bytes / batch
-            + 2 * config["num_hidden_layers"] * kv * context * dtype_bytes)
+    return parameter_count(config) * dtype_bytes / batch + kv_bytes_per_token(config, dtype_bytes) * context
+
+
+def decode_roofline(config: dict[str, Any], weights: int, dtype_bytes: int, rows: int, prompt_tokens: int,
+                    new_tokens: int, bandwidth_gbs: float) -> dict[str, float]:
+    """The fastest decoding memory bandwidth allows: every step reads all weights and each row's KV.
+
+    Decode is memory-bound at these sizes: step t (0-based) of a batch of `rows` reads the weights
+    once (the tied embedding as the LM head) and, per row, the K and V of its prompt_tokens + t
+    earlier tokens. Prefill and everything that is not a weight or KV read (activations, logits,
+    sampling) are left out, so the bound is optimistic and a fraction near 1 is out of reach.
+
+    Args:
+        config: the model's config.json values.
+        weights: bytes of the weights as loaded (`bench.weight_bytes`).
+        dtype_bytes: bytes per element of the KV cache (the model's dtype, `DTYPE_BYTES`).
+        rows: sequences decoded together.
+        prompt_tokens, new_tokens: tokens per prompt and per response.
+        bandwidth_gbs: memory bandwidth in GB/s (1e9 bytes).
+
+    Returns:
+        bytes_per_step (mean), total_bytes, min_seconds, max_tokens_per_s.
+    """
+    kv_rows = rows * kv_bytes_per_token(config, dtype_bytes) * (
+        new_tokens * prompt_tokens + new_tokens * (new_tokens - 1) / 2)
+    total = new_tokens * weights + kv_rows
+    seconds = total / (bandwidth_gbs * 1e9)
+    return {"bytes_per_step": total / new_tokens, "total_bytes": total, "min_seconds": seconds,
+            "max_tokens_per_s": rows * new_tokens / seconds}
 
 
 def stage_rows(results_dir: Path, model_config: dict[str, Any], machine: dict[str, Any], *,
@@ -110,7 +146,7 @@ def stage_rows(results_dir: Path, model_config: dict[str, Any], machine: dict[st
                "tokens": tokens, "generation_s": round(seconds, 1), "tokens_per_s": rate, "dtype": dtype}
         if rate:
             flops = rate * flops_per_token(model_config, context)
-            moved = rate * bytes_per_token(model_config, context, batch, 2 if dtype == "bfloat16" else 4)
+            moved = rate * bytes_per_token(model_config, context, batch, DTYPE_BYTES[dtype])
             row["compute_fraction"] = flops / (machine["matmul_gflops"][dtype] * 1e9)
             row["bandwidth_fraction"] = moved / (machine["bandwidth_gbs"] * 1e9)
         rows.append(row)

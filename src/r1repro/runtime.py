@@ -3,7 +3,7 @@ protocol record (seed, library versions, hardware) stored with every result so n
 
 In a notebook:
 
-    ctx = runtime.stage_setup("probe", common, probe, out_dir)   # the papermill parameters
+    ctx = runtime.stage_setup("probe", common, probe, out_dir, usage=generation.USAGE)  # papermill parameters
     ...
     runtime.write_metrics(ctx, {...}, headline={...})
 """
@@ -38,6 +38,10 @@ class StageContext:
     cfg: Any
     out_dir: Path
     root: Path
+    # The process's generation counter (`generation.USAGE`), handed in by the notebook rather than
+    # imported here: runtime then does not import the generator, so the import_model stage (which
+    # uses runtime for its protocol) is not rerun when the generator changes.
+    usage: Any
 
 
 def seed_everything(seed: int) -> None:
@@ -94,24 +98,27 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def generation_usage() -> dict[str, Any]:
+def generation_usage(usage: Any) -> dict[str, Any]:
     """Tokens this stage's generators produced and the seconds they took (greedy answers served by the
     answer cache are not generated, so not counted). Training rollouts that TRL generates itself are
-    recorded by the RL stage beside this."""
-    from r1repro.generation import USAGE
+    recorded by the RL stage beside this.
 
-    return {"calls": USAGE.calls, "tokens": USAGE.tokens, "seconds": round(USAGE.seconds, 1),
-            "tokens_per_s": round(USAGE.tokens / USAGE.seconds, 1) if USAGE.seconds else None}
+    Args:
+        usage: the counter (`generation.Usage`: calls, tokens, seconds).
+    """
+    return {"calls": usage.calls, "tokens": usage.tokens, "seconds": round(usage.seconds, 1),
+            "tokens_per_s": round(usage.tokens / usage.seconds, 1) if usage.seconds else None}
 
 
 def stage_setup(stage: str, common: dict | None, section: dict | None,
-                out_dir: str | None) -> StageContext:
+                out_dir: str | None, *, usage: Any) -> StageContext:
     """Validate the papermill parameters, seed everything, and make the output folder.
 
     Opened by hand (parameters left as None), the smoke profile is used and outputs go to
     results/dev/<stage>, so exploring never touches the pipeline's results. A training stage also
     checks here that common.report_to's tracker is installed: in its first seconds, not after it
-    has generated and loaded models.
+    has generated and loaded models. `usage` is the process's generation counter
+    (`generation.USAGE`), recorded in protocol.json by `write_metrics`.
     """
     root = repo_root()
     os.chdir(root)  # params paths are relative to the repository, whoever started the kernel
@@ -122,7 +129,7 @@ def stage_setup(stage: str, common: dict | None, section: dict | None,
     seed_everything(common_cfg.seed)
     out = Path(out_dir) if out_dir else root / DEV_RESULTS / stage
     out.mkdir(parents=True, exist_ok=True)
-    return StageContext(stage=stage, common=common_cfg, cfg=cfg, out_dir=out, root=root)
+    return StageContext(stage=stage, common=common_cfg, cfg=cfg, out_dir=out, root=root, usage=usage)
 
 
 def protocol(ctx: StageContext, **extra: Any) -> dict[str, Any]:
@@ -133,7 +140,7 @@ def protocol(ctx: StageContext, **extra: Any) -> dict[str, Any]:
         "common": ctx.common.model_dump(mode="json"),
         "libraries": library_versions(),
         "hardware": hardware(),
-        "generation": generation_usage(),
+        "generation": generation_usage(ctx.usage),
         **extra,
     }
 

@@ -12,7 +12,6 @@ distillation traces. `to_sft_dataset` renders them exactly as generation renders
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,8 +59,3 @@ def to_sft_dataset(examples: Sequence[ColdStartExample], template: str, tokenize
         raise ValueError("no cold-start examples to train on: check the source questions and the yield")
     pairs = [templates.render_training_example(template, e.problem, e.response, tokenizer) for e in examples]
     return Dataset.from_list(pairs)
-
-
-def source_counts(examples: Sequence[ColdStartExample]) -> dict[str, int]:
-    """How many examples came from each source ("worked", "teacher")."""
-    return dict(Counter(e.source for e in examples))
