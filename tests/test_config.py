@@ -315,6 +315,7 @@ DEFAULT_IS_OFF = {
     "rl.heldout": "None: no periodic held-out check",
     "rl.seeds": "None: [common.seed]",
     "rl.prompt_filter.enabled": "off: train on rl.prompts as they come",
+    "rl.exploration": "None: no pass@k sampling (it needs rl.heldout, None by default)",
 }
 
 

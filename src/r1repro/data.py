@@ -43,7 +43,7 @@ DVC_FILE = "data.dvc"
 DEFAULT_MIRROR = "../shared/datasets"
 MIRROR_ENV = "R1REPRO_DATA_MIRROR"
 UPSTREAM_ENV = upstream_data.URL_ENV
-REQUIRED_FIELDS = ("problem", "answer")
+REQUIRED_FIELDS = upstream_data.REQUIRED_FIELDS
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ keywords) before RL? Every table is derived from per-response records saved besi
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Sequence
 
@@ -85,8 +86,11 @@ def exploration_records(generator, tokenizer, label: str, rows: Sequence[dict], 
     stops = stop_policy(template, tokenizer, answer_close=answer_close)
     records = []
     for temperature in temperatures:
-        out = generator.generate(prompts, n=k, temperature=temperature, top_p=top_p,
+        # Greedy decoding gives one answer however often it is asked: decode it once, count it k times.
+        out = generator.generate(prompts, n=1 if temperature == 0 else k, temperature=temperature, top_p=top_p,
                                  max_tokens=max_new_tokens, seed=seed, stop_policy=stops)
+        if temperature == 0:
+            out = [[dataclasses.replace(samples[0], sample_index=j) for j in range(k)] for samples in out]
         records += _rows_to_records(label, rows, prompts, out, template=template, temperature=temperature)
     return records
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from r1repro.config import DataError
 
+REQUIRED_FIELDS = ("problem", "answer")  # every question row, upstream and in data/ (r1repro.data)
+
 URL_ENV = "R1REPRO_DATA_UPSTREAM"
 # Each split is one Arrow file inside its `save_to_disk` folder.
 ARROW_FILE = "data-00000-of-00001.arrow"
@@ -153,8 +155,6 @@ def read_arrow_rows(path: Path) -> list[dict]:
     except (OSError, pa.ArrowInvalid) as err:
         raise DataError(f"{path}: not a readable Arrow stream ({err}); the upstream copy is incomplete "
                         f"or not the pinned commit (fix: check {URL_ENV} or the pin in data.dvc)") from err
-    from r1repro.data import REQUIRED_FIELDS  # here, not at the top: r1repro.data imports this module
-
     missing = [f for f in REQUIRED_FIELDS if rows and f not in rows[0]]
     if missing:
         raise DataError(f"{path}: rows lack {', '.join(missing)}; not the pinned upstream layout")
