@@ -114,7 +114,8 @@ def make_results(root: Path, n: int = 60, seeds: tuple[int, ...] = (7, 8)) -> Pa
         for seed in seeds:
             suffix, gain = seed_suffix(seed, list(seeds)), run == "dr_grpo"
             _write(results / "rl" / f"records_{run}{suffix}.jsonl",
-                   [{"question_id": q, "correct": i % 10 == 0 or (gain and i % 3 == 1)} for i, q in enumerate(qs)])
+                   [{"question_id": q, "correct": i % 10 == 0 or (gain and i % 3 == 1), "num_tokens": 70}
+                    for i, q in enumerate(qs)])
             _write(results / "rl" / f"diagnostics_{run}{suffix}.jsonl", _diagnostics(run))
     # 8 samples a question: GRPO samples as its start (no change); Dr. GRPO sharpens: the questions its
     # start gets 2 of 8 it gets 8 of 8 (pass@1 +0.75, pass@8 +0), the others stay at 0 of 8.
@@ -266,11 +267,11 @@ def test_kinds_and_the_bonferroni_count_reach_json_and_markdown(tmp_path: Path) 
     table = json.loads((results / findings.FINDINGS_JSON).read_text())
     counted = [r for r in table["findings"] if r["counted"]]
     assert table["counted_claims"] == len(counted) == 9
-    assert table["kinds"] == {CLAIM: 9, MECHANISM: 2, OBSERVATION: 4}
+    assert table["kinds"] == {CLAIM: 9, MECHANISM: 2, OBSERVATION: 5}
     assert all(r["kind"] in (CLAIM, MECHANISM, OBSERVATION) for r in table["findings"])
     text = (results / findings.FINDINGS_MD).read_text()
     assert "over the 9 counted claims" in text.lower() and "99.44%" in text
-    assert "9 claims (" in text and "2 mechanisms, 4 observations" in text
+    assert "9 claims (" in text and "2 mechanisms, 5 observations" in text
     for row in rows:
         assert f"| {row.claim} | {row.kind} |" in text
     assert "48 fixed, 0 broken" in text and "by construction" in text
@@ -345,3 +346,35 @@ def test_a_claim_without_its_records_is_not_measured(tmp_path: Path) -> None:
     rows = findings.build_findings(tmp_path / "empty", n_boot=100)
     assert rows and not any(r.measured or r.counted for r in rows)
     assert all(r.verdict == (INCONCLUSIVE if r.kind == CLAIM else findings.NOT_MEASURED) for r in rows)
+
+
+def test_held_out_length_bias_pairs_answers_both_runs_got_wrong(tmp_path: Path) -> None:
+    results = make_results(tmp_path, seeds=(7,))
+    length = {"grpo": lambda i: 90 + i % 3, "dr_grpo": lambda i: 60 + i % 5}
+    for run in length:
+        path = results / "rl" / f"records_{run}.jsonl"
+        _write(path, [{**r, "num_tokens": length[run](i)} for i, r in enumerate(_read(path))])
+    row = _by_id(findings.build_findings(results, n_boot=500))["length_bias_heldout"]
+    # Questions wrong in both runs: GRPO planted no gain, Dr. GRPO fixed i % 3 == 1; the start's i % 10 == 0 right.
+    both_wrong = [i for i in range(60) if i % 10 != 0 and i % 3 != 1]
+    expected = sum(length["grpo"](i) - length["dr_grpo"](i) for i in both_wrong) / len(both_wrong)
+    assert row.n == len(both_wrong) and row.value == pytest.approx(expected) and row.verdict == REPRODUCED
+    # Dr. GRPO's wrong answers the longer ones: below 0, against the prediction.
+    for run, base, spread in (("grpo", 60, 4), ("dr_grpo", 95, 3)):
+        path = results / "rl" / f"records_{run}.jsonl"
+        _write(path, [{**r, "num_tokens": base + i % spread} for i, r in enumerate(_read(path))])
+    row = _by_id(findings.build_findings(results, n_boot=500))["length_bias_heldout"]
+    assert row.value < -30 and row.verdict == CONTRADICTED
+    # The same lengths on both sides but for noise: near 0, inconclusive, with the n it would need.
+    for run, sign in (("grpo", 1), ("dr_grpo", -1)):
+        path = results / "rl" / f"records_{run}.jsonl"
+        _write(path, [{**r, "num_tokens": 60 + sign * ((i % 5) - 2) + (i % 7 == 0)} for i, r in enumerate(_read(path))])
+    row = _by_id(findings.build_findings(results, n_boot=500))["length_bias_heldout"]
+    assert row.verdict == INCONCLUSIVE and abs(row.value) < 1
+    assert row.extra["n_needed"] > row.n and "would put the adjusted interval clear of 0" in row.note
+
+
+def test_units_needed_follows_the_spread_and_the_effect() -> None:
+    assert findings.units_needed([1.0, -1.0], 0.95) is None  # mean 0: no size helps
+    small, large = findings.units_needed([0.1, 0.3, -0.1, 0.5], 0.95), findings.units_needed([1.1, 1.3, 0.9, 1.5], 0.95)
+    assert small > large >= 1

@@ -432,6 +432,34 @@ def length_bias(records: Records) -> Measurement | None:
                        caveats=(seeds_caveat(seeds),))
 
 
+def heldout_length_bias(records: Records) -> Measurement | None:
+    """After training: GRPO's minus Dr. GRPO's length of incorrect greedy held-out answers, per
+    (question, seed) both runs answered wrong (the paper's Figures 5-6 as behaviour, not mechanism)."""
+    grpo, dr = rl_run_named(records, *GRPO), rl_run_named(records, *DR_GRPO)
+    if grpo is None or dr is None:
+        return None
+    seeds = grpo[1]
+    diffs, lengths = [], {"grpo": [], "dr_grpo": []}
+    for seed in seeds:
+        answers = {name: {str(r["question_id"]): r for r in
+                          records.jsonl(f"rl/records_{run}{seed_suffix(seed, seeds)}.jsonl")}
+                   for name, run in (("grpo", grpo[0]), ("dr_grpo", dr[0]))}
+        for q in sorted(set(answers["grpo"]) & set(answers["dr_grpo"])):
+            a, b = answers["grpo"][q], answers["dr_grpo"][q]
+            if not a["correct"] and not b["correct"] and None not in (a.get("num_tokens"), b.get("num_tokens")):
+                diffs.append(float(a["num_tokens"] - b["num_tokens"]))
+                lengths["grpo"].append(a["num_tokens"])
+                lengths["dr_grpo"].append(b["num_tokens"])
+    if not diffs:
+        return None
+    return Measurement(float(np.mean(diffs)), tuple(diffs), "question", scale="tokens",
+                       detail=f"GRPO {np.mean(lengths['grpo']):.1f} vs Dr. GRPO {np.mean(lengths['dr_grpo']):.1f} "
+                              f"tokens on the {len(diffs)} held-out answers both got wrong (greedy; SD of the "
+                              f"differences {np.std(diffs, ddof=1) if len(diffs) > 1 else 0.0:.1f})",
+                       test="bootstrap over question-seed pairs (lengths are continuous)",
+                       caveats=(rl_task_caveat(records), seeds_caveat(seeds)))
+
+
 def advantage_weight(rewards: Sequence[float], scale_by_std: bool) -> float:
     """A group's total |advantage|: sum |r - mean|, divided by the group's std when `scale_by_std`
     (GRPO, TRL's scale_rewards=group, std + 1e-4 as TRL adds); 0 for a group whose rewards tie."""

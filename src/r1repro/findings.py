@@ -37,12 +37,14 @@ written by hand and settings are not tuned toward them: the records are the test
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from r1repro import metrics
-from r1repro.claim_measures import (DR_GRPO, GRPO, Measurement, Records, distill_vs_rl, length_bias,
+from r1repro.claim_measures import (DR_GRPO, GRPO, Measurement, Records, distill_vs_rl, heldout_length_bias,
+                                    length_bias,
                                     pass_at_k_rises_with_k, reflection_before_rl, rl_exploration_shrink,
                                     rl_gain, sft_change, sft_readability, std_scaling_extremes,
                                     template_effect, temperature_raises_pass_at_k)
@@ -149,6 +151,9 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("length_bias", "GRPO's incorrect responses grow longer than Dr. GRPO's during training",
           "Dr. GRPO §3.1, Fig. 5-6", +1, length_bias,
           "GRPO's minus Dr. GRPO's mean incorrect-response length, same prompt, step and seed, second half"),
+    Claim("length_bias_heldout", "After training, GRPO's incorrect answers are longer than Dr. GRPO's",
+          "Dr. GRPO §3.1, Fig. 5-6", +1, heldout_length_bias,
+          "GRPO's minus Dr. GRPO's length of greedy held-out answers both runs got wrong, per question and seed"),
     Claim("std_scaling_extremes", "GRPO's std scaling weights too-easy and too-hard questions more",
           "Dr. GRPO §3.1 (question-level difficulty bias)", +1, std_scaling_extremes,
           "share of advantage weight on groups with pass rate <= 1/4 or >= 3/4, GRPO's scaling minus "
@@ -249,6 +254,18 @@ def interval(found: Measurement, level: float, n_boot: int, seed: int) -> tuple[
     return metrics.bootstrap_ci(found.values, n_boot=n_boot, confidence=level, seed=seed)
 
 
+def units_needed(values: Sequence[float], level: float) -> int | None:
+    """Units (questions, groups) whose mean would clear 0 at `level` if the effect and the spread
+    stayed as measured: (z * sd / |mean|)^2, normal approximation. None when the mean is 0."""
+    if len(values) < 2 or not any(values):
+        return None
+    mean, sd = statistics.fmean(values), statistics.stdev(values)
+    if mean == 0 or sd == 0:
+        return None
+    z = statistics.NormalDist().inv_cdf(1 - (1 - level) / 2)
+    return math.ceil((z * sd / abs(mean)) ** 2)
+
+
 def _measured_row(row: Finding, claim: Claim, found: Measurement, confidence: float, adjusted: float,
                   n_boot: int, seed: int) -> None:
     row.value, row.n, row.unit, row.scale = found.value, len(found.values), found.unit, found.scale
@@ -266,6 +283,12 @@ def _measured_row(row: Finding, claim: Claim, found: Measurement, confidence: fl
         row.adjusted_low, row.adjusted_high = interval(found, adjusted, n_boot, seed)
         row.adjusted_level, row.counted = adjusted, True
         row.verdict = verdict(claim.expected, row.adjusted_low, row.adjusted_high)
+        needed = units_needed(found.values, adjusted)
+        if row.verdict == INCONCLUSIVE and needed is not None:
+            row.extra["n_needed"] = needed
+            row.note = (f"at the measured effect ({_number(found.value, found.scale)}) and spread, about "
+                        f"{needed} {found.unit}s would put the adjusted interval clear of 0 (normal "
+                        f"approximation; this run has {len(found.values)})")
     else:
         row.verdict = BY_CONSTRUCTION if row.kind == MECHANISM else OBSERVED
 
@@ -379,7 +402,8 @@ def findings_markdown(rows: Sequence[Finding], split: str = "test", confidence: 
         if r.detail:
             text += f" Here: {r.detail}."
         if r.note:
-            text += f" {'By construction' if r.kind == MECHANISM else 'Not a test'}: {r.note}."
+            label = {MECHANISM: "By construction", OBSERVATION: "Not a test"}.get(r.kind, "Inconclusive at this size")
+            text += f" {label}: {r.note}."
         if r.caveat:
             text += f" Caveats: {r.caveat}."
         lines.append(text)
