@@ -373,10 +373,13 @@ def rl_exploration_shrink(knobs: tuple[str, str]):
         per_seed = [gain_shrink(start, side, k) for side in after]
         questions = sorted(set.intersection(*(set(d) for d in per_seed)))
         values = tuple(float(np.mean([d[q] for d in per_seed])) for q in questions)
-        mean = {label: 100 * np.mean([np.mean(side[q]) for q in questions]) for label, side in
-                (("start", start), (run, after[0]))}
+        sides = (("start", start), (run, after[0]))
+        mean = {label: 100 * np.mean([np.mean(side[q]) for q in questions]) for label, side in sides}
+        reach = {label: 100 * np.mean([metrics.pass_at_k(len(side[q]), sum(side[q]), k) for q in questions])
+                 for label, side in sides}
         return Measurement(float(np.mean(values)), values, "question",
-                           detail=f"{run}: pass@1 {mean['start']:.1f}% -> {mean[run]:.1f}%, k = {k}",
+                           detail=f"{run}: pass@1 {mean['start']:.1f}% -> {mean[run]:.1f}%, pass@{k} "
+                                  f"{reach['start']:.1f}% -> {reach[run]:.1f}% (first seed), k = {k}",
                            test=f"bootstrap over questions (per-question pass@{k} and pass@1 gains are not 0/1)",
                            caveats=(rl_task_caveat(records), seeds_caveat(seeds)))
     return measure
