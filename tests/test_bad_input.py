@@ -150,7 +150,7 @@ def test_stage_with_a_missing_model_keeps_results(scratch: Path, data_dir: Path)
 
 @pytest.mark.slow
 def test_stage_with_a_missing_dataset_file_keeps_results(scratch: Path, data_dir: Path) -> None:
-    _use_params(scratch, lambda p: p["probe"]["questions"].update(file="train/nope.jsonl"))
+    _use_params(scratch, lambda p: p["probe"].update(questions={"file": "train/nope.jsonl", "limit": 2}))
     shutil.copytree(data_dir, scratch / "data")
     result = _cli(["r1repro.stage", "probe"], scratch)
     assert result.returncode == 1
