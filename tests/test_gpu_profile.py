@@ -104,7 +104,11 @@ def size_overrides(profile: dict, tiny_qwen: Path, tiny_llama: Path, math_train:
                "heldout": {"limit": 3}, "eval_steps": 1,
                "eval_limit": 2, "eval_sampling": greedy, "max_steps": 2, "num_generations": 4,
                "prompts_per_step": 2, "updates_per_rollout": 2, "micro_batch_size": 4,
-               "max_completion_length": budget, "save_steps": 1},
+               "max_completion_length": budget, "save_steps": 1,
+               # pass@1 against pass@2 on 2 questions within the token budget (the profile's 3,000 tokens
+               # x 16 samples would keep a random model generating for minutes).
+               "exploration": {**profile["rl"]["exploration"], "n": 2, "max_new_tokens": budget},
+               "exploration_limit": 2},
         "distill": {"teacher": str(teacher),
                     "students": {"qwen2_5_math_1_5b": {"init": "models/base"},
                                  "llama3_1_8b": {"init": str(tiny_llama)}},
