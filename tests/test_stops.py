@@ -57,11 +57,14 @@ def test_chat_templates_stop_at_eos_and_at_the_end_of_turn_marker(eos_apart):
         assert stop_policy(template, eos_apart, answer_close=False).token_ids == (ENDOFTEXT,)
 
 
+R1_FAMILY = {"r1", "r1_chat", "r1_chat_1shot"}
+
+
 def test_answer_close_stops_only_the_r1_family_and_only_when_on(eos_apart):
-    assert {name for name in templates.TEMPLATES if templates.answer_close(name)} == {"r1", "r1_chat"}
+    assert {name for name in templates.TEMPLATES if templates.answer_close(name)} == R1_FAMILY
     for name in templates.TEMPLATES:
         on = stop_policy(name, eos_apart, answer_close=True)
-        assert on.strings == (("</answer>",) if name in ("r1", "r1_chat") else ())
+        assert on.strings == (("</answer>",) if name in R1_FAMILY else ())
         assert stop_policy(name, eos_apart, answer_close=False).strings == ()
         assert on.token_ids == stop_policy(name, eos_apart, answer_close=False).token_ids
     common = CommonParams(stop_at_answer_close=True)
