@@ -316,6 +316,7 @@ DEFAULT_IS_OFF = {
     "rl.seeds": "None: [common.seed]",
     "rl.prompt_filter.enabled": "off: train on rl.prompts as they come",
     "rl.exploration": "None: no pass@k sampling (it needs rl.heldout, None by default)",
+    "rl.length_mechanism": "None: no one-update measurement (it needs the prompt filter, off by default)",
 }
 
 

@@ -129,6 +129,11 @@ def make_results(root: Path, n: int = 60, seeds: tuple[int, ...] = (7, 8)) -> Pa
         explore += [{"model": f"dr_grpo{suffix}", "question_id": q, "sample_index": j, "correct": i % 2 == 0}
                     for i, q in enumerate(qs) for j in range(8)]
     _write(results / "rl" / "records_exploration.jsonl", explore)
+    # One update each: GRPO's change minus Dr. GRPO's rises 1e-4 nats/token per token of length (+ noise).
+    _write(results / "rl" / "records_length_mechanism.jsonl",
+           [{"batch": b, "id": f"q{b}", "sample": j, "correct": j == 0, "length": 50 + 10 * j,
+             "delta_dr_grpo": -0.05, "delta_grpo": -0.05 + 1e-4 * (50 + 10 * j) + 1e-4 * ((b * j) % 3)}
+            for b in range(16) for j in range(4)])
     _write(results / "distill" / "protocol.json", {"params": {"teacher": "models/rl/dr_grpo/final"}})
     _write(results / "eval" / "protocol.json", {"params": {
         "distill_vs_rl": {"start": "base", "rl": "dr_grpo", "distilled": "student", "benchmark": "asdiv_test"},
@@ -161,6 +166,9 @@ def test_planted_effects_get_the_verdicts_they_should(tmp_path: Path) -> None:
     assert rows["rl_gain_dr_grpo"].fixed is None  # per-question means over 2 seeds are not binary
     assert rows["length_bias"].verdict == REPRODUCED and rows["length_bias"].value == pytest.approx(46.5)
     assert rows["length_bias"].n == 2 * 2 * 4  # 2 groups x 2 seeds x the last 4 of 8 steps
+    mechanism = rows["length_mechanism"]
+    assert mechanism.verdict == REPRODUCED and mechanism.n == 16 and mechanism.unit == "batch"
+    assert mechanism.value == pytest.approx(1.0, abs=0.3)  # 1e-4 per token = 1 mnat/token per 10 tokens
     assert rows["distill_vs_rl"].verdict == CONTRADICTED and rows["distill_vs_rl"].broken == 30
     shrink = rows["rl_exploration_dr_grpo"]
     assert shrink.verdict == REPRODUCED and shrink.value == pytest.approx(-0.75 / 2) and shrink.n == 60
@@ -177,9 +185,9 @@ def test_planted_effects_get_the_verdicts_they_should(tmp_path: Path) -> None:
     assert rows["std_scaling_extremes"].n == 2 * (8 * 2 * 2 - 2)  # per seed: step 1's 2 groups once
     # Bonferroni over the counted claims only; the verdict's interval is wider than the plain one.
     counted = [r for r in rows.values() if r.counted]
-    assert {r.kind for r in counted} == {CLAIM} and len(counted) == 9
+    assert {r.kind for r in counted} == {CLAIM} and len(counted) == 10
     r = rows["rl_gain_dr_grpo"]
-    assert r.adjusted_level == pytest.approx(1 - 0.05 / 9)
+    assert r.adjusted_level == pytest.approx(1 - 0.05 / 10)
     assert r.adjusted_low <= r.low and r.adjusted_high >= r.high
     assert not any(r.adjusted_low == r.adjusted_high for r in counted)
 
@@ -266,12 +274,12 @@ def test_kinds_and_the_bonferroni_count_reach_json_and_markdown(tmp_path: Path) 
     rows = findings.write_findings(results, n_boot=300)
     table = json.loads((results / findings.FINDINGS_JSON).read_text())
     counted = [r for r in table["findings"] if r["counted"]]
-    assert table["counted_claims"] == len(counted) == 9
-    assert table["kinds"] == {CLAIM: 9, MECHANISM: 2, OBSERVATION: 5}
+    assert table["counted_claims"] == len(counted) == 10
+    assert table["kinds"] == {CLAIM: 10, MECHANISM: 2, OBSERVATION: 5}
     assert all(r["kind"] in (CLAIM, MECHANISM, OBSERVATION) for r in table["findings"])
     text = (results / findings.FINDINGS_MD).read_text()
-    assert "over the 9 counted claims" in text.lower() and "99.44%" in text
-    assert "9 claims (" in text and "2 mechanisms, 5 observations" in text
+    assert "over the 10 counted claims" in text.lower() and "99.50%" in text
+    assert "10 claims (" in text and "2 mechanisms, 5 observations" in text
     for row in rows:
         assert f"| {row.claim} | {row.kind} |" in text
     assert "48 fixed, 0 broken" in text and "by construction" in text

@@ -31,15 +31,16 @@ def _cfg(tmp_path, **filter_settings) -> RlParams:
 
 @pytest.fixture
 def solved_by_id(monkeypatch):
-    """count_solved replaced by a table of solved counts per question id; records every call."""
+    """sample_groups replaced by a table of solved counts per question id; records every call."""
     table = {f"q{i}": i % 5 for i in range(12)}  # 0, 1, 2, 3, 4, 0, 1, ...
     calls = []
 
     def fake(model, rows, template, sampling, common):
         calls.append([r["id"] for r in rows])
-        return [min(table[r["id"]], sampling.n) for r in rows]
+        return [[{"text": f"answer {j}", "num_tokens": 2, "finish_reason": "stop",
+                  "correct": j < min(table[r["id"]], sampling.n)} for j in range(sampling.n)] for r in rows]
 
-    monkeypatch.setattr(prompt_filter, "count_solved", fake)
+    monkeypatch.setattr(prompt_filter, "sample_groups", fake)
     return calls
 
 
@@ -70,6 +71,9 @@ def test_select_prompts_keeps_in_bounds_and_reuses_its_measurement(tmp_path, sol
     again = prompt_filter.select_prompts(cfg, common, ROWS)
     assert again.reused and len(solved_by_id) == 1  # no second sampling
     assert [r["id"] for r in again.rows] == [r["id"] for r in first.rows]
+    # The kept rows' answers come back with them, from the cache too, each group with its solved count.
+    assert again.samples == first.samples and len(first.samples) == len(first.rows)
+    assert [sum(a["correct"] for a in g) for g in first.samples] == [int(r["id"][1:]) % 5 for r in first.rows]
 
 
 def test_a_retrained_starting_model_is_measured_again(tmp_path, solved_by_id):
@@ -105,7 +109,7 @@ def test_filter_settings_are_validated(settings, message):
         PromptFilterParams(**settings)
 
 
-def test_count_solved_grades_each_sample_with_the_prefill(monkeypatch):
+def test_sample_groups_grades_each_sample_with_the_prefill(monkeypatch):
     """The sampled texts are graded with the template's prefill put back, per prompt group."""
     from r1repro import generation, modeling
     from r1repro.generation import Completion
@@ -123,9 +127,12 @@ def test_count_solved_grades_each_sample_with_the_prefill(monkeypatch):
     monkeypatch.setattr(generation, "generator_for", lambda common, model: Fake())
     monkeypatch.setattr(prompt_filter.templates, "render_prompt", lambda template, q, tok: q)
     rows = [{"problem": "What is 1 + 1?", "answer": "2"}, {"problem": "What is 2 + 1?", "answer": "3"}]
-    solved = prompt_filter.count_solved("m", rows, "r1", SamplingParams(n=3, temperature=0.7),
-                                        CommonParams(grading_workers=1))
-    assert solved == [2, 0]
+    groups = prompt_filter.sample_groups("m", rows, "r1", SamplingParams(n=3, temperature=0.7),
+                                         CommonParams(grading_workers=1))
+    assert prompt_filter.solved_counts(groups) == [2, 0]
+    assert [a["correct"] for a in groups[0]] == [True, False, True]
+    assert groups[1][0] == {"text": "x</think><answer>1</answer>", "num_tokens": 3, "finish_reason": "stop",
+                            "correct": False}
 
 
 # --- the paired change ------------------------------------------------------------------------------

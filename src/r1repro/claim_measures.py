@@ -41,8 +41,8 @@ class Measurement:
         value: the point estimate (a difference or a share; fractions, not %, unless `scale` says).
         values: the per-unit values it averages (bootstrapped when neither `pair` nor `share` is set).
         unit: what one value is ("question", "training group", ...).
-        scale: "share" (a difference, shown as signed points of %), "proportion" (a share, shown as %)
-            or "tokens".
+        scale: "share" (a difference, shown as signed points of %), "proportion" (a share, shown as %),
+            "tokens", or "slope" (millinats per token per 10 tokens, `length_mechanism`).
         detail: a short line of context (the two means compared, truncation, seeds).
         pair: fixed/broken counts when each unit is one 0/1 outcome on both sides (the exact test).
         share: (x, n) when the value is a proportion x / n of independent units (Clopper-Pearson).
@@ -461,6 +461,34 @@ def heldout_length_bias(records: Records) -> Measurement | None:
                               f"differences {np.std(diffs, ddof=1) if len(diffs) > 1 else 0.0:.1f})",
                        test="bootstrap over question-seed pairs (lengths are continuous)",
                        caveats=(rl_task_caveat(records), seeds_caveat(seeds)))
+
+
+# The mechanism row's slope is shown in millinats of mean per-token log-probability per 10 tokens of length.
+SLOPE_SCALE = 1000 * 10
+
+
+def length_mechanism(records: Records) -> Measurement | None:
+    """One update from the same weights and batch (r1repro.length_mechanism): per batch, the slope of
+    GRPO's minus Dr. GRPO's per-token log-prob change against length over the wrong answers."""
+    from r1repro.length_mechanism import batch_slopes
+
+    rows = records.jsonl("rl/records_length_mechanism.jsonl")
+    slopes = tuple(SLOPE_SCALE * s for s in batch_slopes(rows))
+    if not slopes:
+        return None
+    wrong = [r for r in rows if not r["correct"]]
+    batches = len({r["batch"] for r in rows})
+    mean = {k: float(np.mean([r[f"delta_{k}"] for r in wrong])) for k in ("grpo", "dr_grpo")}
+    lengths = [r["length"] for r in wrong]
+    return Measurement(
+        float(np.mean(slopes)), slopes, "batch", scale="slope",
+        detail=f"{len(wrong)} wrong answers of {len(rows)} in {batches} batches ({len(slopes)} with two or more "
+               f"wrong lengths), {min(lengths)}-{max(lengths)} tokens; mean change of their per-token "
+               f"log-prob {mean['grpo']:+.4f} (GRPO) vs {mean['dr_grpo']:+.4f} (Dr. GRPO) nats",
+        test="bootstrap over batches (slopes are continuous)",
+        caveats=("one update from the cold-start weights on the prompt filter's sampled groups (T of the "
+                 "filter), accuracy rewards, the same advantages for both losses: the mechanism of §3.1, "
+                 "not its Figures 5-6",))
 
 
 def advantage_weight(rewards: Sequence[float], scale_by_std: bool) -> float:

@@ -266,7 +266,7 @@ class ProbeParams(Section):
     templates: list[Template] = ["r1", "qwen_math", "none", "r1_chat", "r1_chat_1shot"]
     questions: BenchmarkSubset
     sampling: SamplingParams = SamplingParams(top_p=0.95, max_new_tokens=128)
-    temperatures: list[float] = [0.0, 0.6, 1.0]
+    temperatures: list[float] = [0.0, 1.0]
     k: int = Field(4, ge=1, description="samples per question for pass@k")
     examples_shown: int = Field(2, ge=0)
     accuracy_template: Template = Field(
@@ -356,6 +356,15 @@ class PromptFilterParams(Section):
         return self
 
 
+class LengthMechanismParams(Section):
+    """One update under each loss normaliser on the prompt filter's groups (r1repro.length_mechanism)."""
+
+    batches: int = Field(16, ge=1, description="updates measured (each from the start weights)")
+    groups_per_batch: int = Field(2, ge=1, description="groups with a right and a wrong answer per update")
+    scale_rewards: Literal["none", "group"] = Field(
+        "none", description="the advantages of both updates (the same for both: only the normaliser differs)")
+
+
 class RlParams(Section):
     """Stage 3: GRPO vs Dr. GRPO from the cold-start checkpoint."""
 
@@ -414,6 +423,10 @@ class RlParams(Section):
         "the first exploration_limit questions of rl.heldout: pass@1 against pass@k (r1repro.rl_exploration). "
         "None: off")
     exploration_limit: int = Field(32, ge=1, description="questions of rl.heldout that rl.exploration samples")
+    length_mechanism: LengthMechanismParams | None = Field(
+        None, description="Dr. GRPO §3.1's length mechanism through the model: from rl.init_model, one "
+        "update with loss_type grpo and one with dr_grpo on the same sampled groups (the prompt filter's), "
+        "each answer's log-prob change recorded. None: off")
 
     def prompts_needed(self) -> int:
         """Prompts a run trains on: prompts_per_step per rollout, one rollout every updates_per_rollout steps."""
@@ -441,6 +454,9 @@ class RlParams(Section):
             raise ValueError("rl.exploration needs rl.heldout (it samples the first rl.exploration_limit of them)")
         if self.exploration is not None and self.exploration.n < 2:
             raise ValueError(f"rl.exploration.n ({self.exploration.n}) is k: pass@k against pass@1 needs k >= 2")
+        if self.length_mechanism is not None and not self.prompt_filter.enabled:
+            raise ValueError("rl.length_mechanism takes its groups from the prompt filter's samples: turn "
+                             "rl.prompt_filter.enabled on, or set rl.length_mechanism to null")
         return self
 
 

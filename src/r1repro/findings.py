@@ -44,7 +44,7 @@ from pathlib import Path
 
 from r1repro import metrics
 from r1repro.claim_measures import (DR_GRPO, GRPO, Measurement, Records, distill_vs_rl, heldout_length_bias,
-                                    length_bias,
+                                    length_bias, length_mechanism,
                                     pass_at_k_rises_with_k, reflection_before_rl, rl_exploration_shrink,
                                     rl_gain, sft_change, sft_readability, std_scaling_extremes,
                                     template_effect, temperature_raises_pass_at_k)
@@ -148,6 +148,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("rl_exploration_dr_grpo", "RL (Dr. GRPO) sharpens more than it widens: its gain shrinks from pass@1 "
           "to pass@k", "Yue et al. 2025 (RL and pass@k)", -1, rl_exploration_shrink(DR_GRPO),
           "Dr. GRPO's pass@k gain over its start minus its pass@1 gain, per question (k sampled answers a side)"),
+    Claim("length_mechanism", "GRPO's length normaliser lowers long wrong answers' log-prob less than "
+          "Dr. GRPO's (one update)", "Dr. GRPO §3.1 (the mechanism)", +1, length_mechanism,
+          "slope against length of GRPO's minus Dr. GRPO's change in per-token log-prob of wrong answers, "
+          "one update each from the same weights and batch, per batch"),
     Claim("length_bias", "GRPO's incorrect responses grow longer than Dr. GRPO's during training",
           "Dr. GRPO §3.1, Fig. 5-6", +1, length_bias,
           "GRPO's minus Dr. GRPO's mean incorrect-response length, same prompt, step and seed, second half"),
@@ -343,7 +347,7 @@ def _p_text(p: float) -> str:
 
 def _cells(r: Finding) -> list[str]:
     """A measured row's cells from `measured` to `test`."""
-    unit = {"tokens": " tokens", "proportion": "%"}.get(r.scale, " pts")
+    unit = {"tokens": " tokens", "proportion": "%", "slope": " mnat/token per 10 tokens"}.get(r.scale, " pts")
     if r.fixed is not None:
         n = f"{r.n} {r.unit}s: {r.fixed} fixed, {r.broken} broken"
     elif r.successes is not None:

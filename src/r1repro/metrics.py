@@ -315,3 +315,18 @@ def summarize(
     for k in ks:
         summary[f"pass@{k}"] = mean_pass_at_k(per_question_verdicts, k)
     return summary
+
+
+def least_squares_slope(x: Sequence[float], y: Sequence[float]) -> float:
+    """The ordinary least-squares slope of y on x (with an intercept).
+
+    Raises:
+        ValueError: fewer than two points, unequal lengths, or x all equal (no slope is defined).
+    """
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if xs.shape != ys.shape or xs.size < 2:
+        raise ValueError(f"a slope needs two or more (x, y) pairs of equal count, got {xs.size} and {ys.size}")
+    spread = ((xs - xs.mean()) ** 2).sum()
+    if spread == 0:
+        raise ValueError("a slope needs x values that differ; all are equal")
+    return float(((xs - xs.mean()) * (ys - ys.mean())).sum() / spread)

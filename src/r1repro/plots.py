@@ -114,3 +114,32 @@ def panels(tables: Sequence[tuple[str, pd.DataFrame, str]], x: str, hue: str, fo
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title)
     return _save(fig, pd.concat(stacked, ignore_index=True), folder, name)
+
+
+def scatter(table: pd.DataFrame, x: str, y: str, hue: str | None, folder: Path, name: str, title: str,
+            ylabel: str, xlabel: str | None = None):
+    """Points of `y` against `x`, one colour per `hue`, each with its least-squares line.
+
+    Args:
+        table: tidy data, one row per point.
+        x, y, hue: column names.
+        folder, name: where `<name>.png` and `<name>.csv` go.
+        title, ylabel, xlabel: labels.
+    Returns:
+        The matplotlib figure.
+    """
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for group, part in (table.groupby(hue, sort=False) if hue else [(None, table)]):
+        points = ax.scatter(part[x], part[y], s=12, alpha=0.6, label=str(group) if hue else None)
+        if part[x].nunique() > 1:
+            slope, intercept = np.polyfit(part[x], part[y], 1)
+            ends = np.array([part[x].min(), part[x].max()])
+            ax.plot(ends, slope * ends + intercept, color=points.get_facecolor()[0], alpha=0.9)
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if hue:
+        ax.legend(fontsize=8)
+    return _save(fig, table, folder, name)

@@ -13,16 +13,19 @@ does the same online, per batch, at the price of extra rollouts during training.
     chosen = prompt_filter.select_prompts(cfg, common, rows)   # cfg: RlParams with prompt_filter on
     chosen.rows            # the kept question rows, in training order
     chosen.table           # one row per candidate: id, solved, n, pass_rate, kept
+    chosen.samples         # each kept row's sampled answers (text, tokens, stop, correct)
 
-The measurement is cached in `<rl.output_dir>/prompt_filter.json`, keyed by the starting model's
-weights and the filter's settings, so a resumed stage does not sample again.
+The measurement, answers included, is cached in `<rl.output_dir>/prompt_filter.json`, keyed by the
+starting model's weights and the filter's settings, so a resumed stage does not sample again. The
+answers are kept because they are groups the starting policy really sampled: `r1repro.length_mechanism`
+takes its one-update batches from them at no further generation cost.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +47,13 @@ class FilteredPrompts:
         rows: the kept question rows, in the order they were measured (the training order's start).
         table: one row per candidate: id, solved, n, pass_rate, kept.
         reused: True when the measurement came from the cache.
+        samples: for each kept row, its sampled answers (`sample_groups`), in the same order.
     """
 
     rows: list[dict]
     table: pd.DataFrame
     reused: bool
+    samples: list[list[dict]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """Counts for metrics.json: candidates, kept, their share, and mean pass rates."""
@@ -71,9 +76,9 @@ def candidate_rows(rows: Sequence[Mapping[str, Any]], count: int | None, seed: i
     return [dict(rows[i]) for i in prompt_order(len(rows), count, seed)]
 
 
-def count_solved(model: str, rows: Sequence[Mapping[str, Any]], template: str, sampling: Any,
-                 common: CommonParams) -> list[int]:
-    """How many of `sampling.n` sampled answers to each row the model gets right.
+def sample_groups(model: str, rows: Sequence[Mapping[str, Any]], template: str, sampling: Any,
+                  common: CommonParams) -> list[list[dict]]:
+    """`sampling.n` sampled answers to each row, each graded.
 
     Args:
         model: hub id or local folder of the starting policy.
@@ -83,7 +88,8 @@ def count_solved(model: str, rows: Sequence[Mapping[str, Any]], template: str, s
         common: the validated `common` params (backend, inference dtype, seed, grading).
 
     Returns:
-        One count in [0, sampling.n] per row.
+        One group per row: its answers as {text, num_tokens, finish_reason, correct} (text without the
+        template's prefill, as generated).
     """
     from r1repro import generation, modeling
     from r1repro.stops import stop_policy_for
@@ -100,11 +106,17 @@ def count_solved(model: str, rows: Sequence[Mapping[str, Any]], template: str, s
     golds = [str(row["answer"]) for row, group in zip(rows, groups) for _ in group]
     verdicts = grading.grade_many(responses, golds, workers=common.grading_workers,
                                   timeout_s=common.grading_timeout_s)
-    solved, at = [], 0
+    graded, at = [], 0
     for group in groups:
-        solved.append(int(sum(verdicts[at:at + len(group)])))
+        graded.append([{"text": c.text, "num_tokens": c.num_tokens, "finish_reason": c.finish_reason,
+                        "correct": bool(verdicts[at + j])} for j, c in enumerate(group)])
         at += len(group)
-    return solved
+    return graded
+
+
+def solved_counts(groups: Sequence[Sequence[Mapping[str, Any]]]) -> list[int]:
+    """Correct answers in each group of `sample_groups`."""
+    return [sum(bool(answer["correct"]) for answer in group) for group in groups]
 
 
 def pass_table(rows: Sequence[Mapping[str, Any]], solved: Sequence[int], n: int, min_pass: float,
@@ -127,11 +139,11 @@ def _fingerprint(cfg: RlParams, common: CommonParams, candidates: Sequence[Mappi
             "candidates": [str(r.get("id", "")) + "\t" + str(r["problem"]) for r in candidates]}
 
 
-def _cached_solved(path: Path, fingerprint: Mapping[str, Any]) -> list[int] | None:
+def _cached_groups(path: Path, fingerprint: Mapping[str, Any]) -> list[list[dict]] | None:
     record = io.read_json_or_none(path)
-    if record is None or record.get("fingerprint") != dict(fingerprint):
-        return None
-    return [int(s) for s in record["solved"]]
+    if record is None or record.get("fingerprint") != dict(fingerprint) or "groups" not in record:
+        return None  # a measurement from before the answers were kept is sampled again
+    return record["groups"]
 
 
 def select_prompts(cfg: RlParams, common: CommonParams, rows: Sequence[Mapping[str, Any]]) -> FilteredPrompts:
@@ -152,15 +164,16 @@ def select_prompts(cfg: RlParams, common: CommonParams, rows: Sequence[Mapping[s
     candidates = candidate_rows(rows, spec.candidates, common.seed)
     cache = Path(cfg.output_dir) / CACHE_FILE
     fingerprint = _fingerprint(cfg, common, candidates)
-    solved = _cached_solved(cache, fingerprint)
-    reused = solved is not None
-    if solved is None:
+    groups = _cached_groups(cache, fingerprint)
+    reused = groups is not None
+    if groups is None:
         log.info("rl.prompt_filter: sampling %d candidates x %d with %s", len(candidates),
                  spec.sampling.n, cfg.init_model)
-        solved = count_solved(cfg.init_model, candidates, cfg.template, spec.sampling, common)
-        io.atomic_write_json(cache, {"fingerprint": fingerprint, "solved": solved})
-    table = pass_table(candidates, solved, spec.sampling.n, spec.min_pass, spec.max_pass)
+        groups = sample_groups(cfg.init_model, candidates, cfg.template, spec.sampling, common)
+        io.atomic_write_json(cache, {"fingerprint": fingerprint, "solved": solved_counts(groups), "groups": groups})
+    table = pass_table(candidates, solved_counts(groups), spec.sampling.n, spec.min_pass, spec.max_pass)
     kept = [row for row, keep in zip(candidates, table["kept"]) if keep]
+    samples = [group for group, keep in zip(groups, table["kept"]) if keep]
     if len(kept) < cfg.prompts_per_step:
         raise ConfigError(
             f"rl.prompt_filter kept {len(kept)} of {len(candidates)} prompts (pass rate in "
@@ -170,4 +183,4 @@ def select_prompts(cfg: RlParams, common: CommonParams, rows: Sequence[Mapping[s
     if len(kept) < needed:
         log.warning("rl.prompt_filter: %d prompts kept for %d needed; each is trained on %.1f times",
                     len(kept), needed, needed / len(kept))
-    return FilteredPrompts(rows=kept, table=table, reused=reused)
+    return FilteredPrompts(rows=kept, table=table, reused=reused, samples=samples)
