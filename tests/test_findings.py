@@ -266,7 +266,7 @@ def test_one_seed_rl_gain_uses_the_exact_test_and_states_its_caveats(tmp_path: P
     assert "keywords, not an LLM judge" in rows["reflection_before_rl"].caveat
     distill = rows["distill_vs_rl"].caveat
     assert "the teacher is the dr_grpo model itself" in distill and "not the paper's Table 6" in distill
-    assert "RL trained on the generated word_ops task while the comparison is on asdiv_test" in distill
+    assert "RL trained on the generated word_ops task, compared on asdiv_test" in distill
 
 
 def test_kinds_and_the_bonferroni_count_reach_json_and_markdown(tmp_path: Path) -> None:
@@ -386,3 +386,21 @@ def test_units_needed_follows_the_spread_and_the_effect() -> None:
     assert findings.units_needed([1.0, -1.0], 0.95) is None  # mean 0: no size helps
     small, large = findings.units_needed([0.1, 0.3, -0.1, 0.5], 0.95), findings.units_needed([1.1, 1.3, 0.9, 1.5], 0.95)
     assert small > large >= 1
+
+
+def test_distill_vs_rl_pairs_on_the_rl_task_when_the_distill_stage_answered_it(tmp_path: Path) -> None:
+    """Issue 33: the student's answers to RL's held-out questions (distill stage) against the RL route's
+    (rl stage), per question with the exact test; the evaluate benchmark is the fallback."""
+    results = make_results(tmp_path, seeds=(7,))
+    rl_records = [json.loads(line) for line in (results / "rl" / "records_dr_grpo.jsonl").read_text().splitlines()]
+    student = [{"model": "student after", "mode": "greedy", "question_id": r["question_id"],
+                "correct": not r["correct"] if i < 10 else r["correct"]} for i, r in enumerate(rl_records[:40])]
+    student += [{"model": "student before", "mode": "greedy", "question_id": "q0", "correct": True}]
+    _write(results / "distill" / "records_student.jsonl", student)
+    _write(results / "distill" / "protocol.json", {"params": {
+        "teacher": "models/rl/dr_grpo/final", "prompts": {"synthetic": {"task": "word_ops"}, "limit": 16}}})
+    row = _by_id(findings.build_findings(results, n_boot=200))["distill_vs_rl"]
+    flipped = [r["correct"] for r in rl_records[:10]]
+    assert row.n == 40 and (row.fixed, row.broken) == (flipped.count(False), flipped.count(True))
+    assert "40 held-out questions of the generated word_ops task" in row.detail
+    assert "RL and distillation both trained on the generated word_ops task" in row.caveat

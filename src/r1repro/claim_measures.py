@@ -560,7 +560,7 @@ def std_scaling_extremes(records: Records) -> Measurement | None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def distill_caveats(records: Records, pair: dict) -> tuple[str, ...]:
+def distill_caveats(records: Records, pair: dict, compared_on: str) -> tuple[str, ...]:
     """What the distill-vs-RL comparison is, from the distill, RL and evaluate params."""
     models = records.params("eval").get("models") or {}
     teacher, rl_path = records.params("distill").get("teacher"), models.get(pair.get("rl"))
@@ -570,25 +570,64 @@ def distill_caveats(records: Records, pair: dict) -> tuple[str, ...]:
                    "not the paper's Table 6, which distils a far larger model")
     elif teacher:
         out.append(f"teacher {teacher}")
-    rl = records.params("rl")
+    rl, distill_prompts = records.params("rl"), records.params("distill").get("prompts")
     if rl:
-        out.append(f"RL trained on {subset_name(rl.get('prompts'))} while the comparison is on "
-                   f"{pair.get('benchmark')}")
+        trained = subset_name(rl.get("prompts"))
+        if distill_prompts and subset_name(distill_prompts) == trained:
+            out.append(f"RL and distillation both trained on {trained}, compared on {compared_on}")
+        else:
+            distilled_on = f", distillation on {subset_name(distill_prompts)}" if distill_prompts else ""
+            out.append(f"RL trained on {trained}{distilled_on}, compared on {compared_on}")
         out.append(f"the RL route rests on {seeds_caveat(rl.get('seeds') or [None])}")
     return tuple(out)
 
 
+def _distilled_student(records: Records, pair: dict) -> str | None:
+    """The distill stage's label of the evaluate model `pair["distilled"]` (its folder's name)."""
+    path = (records.params("eval").get("models") or {}).get(pair.get("distilled"))
+    return Path(path).name if path else None
+
+
+def _distill_vs_rl_in_task(records: Records, pair: dict) -> Measurement | None:
+    """On the RL stage's held-out questions that the distill stage's students also answered."""
+    student, rl = _distilled_student(records, pair), records.params("rl")
+    if student is None or pair.get("rl") not in (rl.get("runs") or {}):
+        return None
+    distilled = _by_question([r for r in records.jsonl(f"distill/records_{student}.jsonl")
+                              if r.get("model") == f"{student} after" and r.get("mode") == "greedy"],
+                             lambda r: r["correct"])
+    seeds = list(rl.get("seeds") or [records.json("rl/protocol.json").get("common", {}).get("seed")])
+    per_seed = [_by_question(records.jsonl(f"rl/records_{pair['rl']}{seed_suffix(s, seeds)}.jsonl"),
+                             lambda r: r["correct"]) for s in seeds]
+    common = set(distilled).intersection(*per_seed) if all(per_seed) else set()
+    if not common:
+        return None
+    route = {q: float(np.mean([p[q] for p in per_seed])) for q in common}
+    mine = {q: distilled[q] for q in common}
+    found = paired(route, mine, exact=None if len(seeds) == 1 else False,
+                   detail=f"{pair['rl']} {100 * np.mean(list(route.values())):.1f}% -> {student} "
+                          f"{100 * np.mean(list(mine.values())):.1f}% on {len(common)} held-out questions of "
+                          f"{subset_name(rl.get('heldout'))}")
+    return found and replace(found, caveats=distill_caveats(records, pair, f"its held-out rows ({len(common)})"))
+
+
 def distill_vs_rl(records: Records) -> Measurement | None:
-    """The distilled student's greedy test accuracy minus the RL route's, per question (evaluate stage,
-    params evaluate.distill_vs_rl)."""
+    """The distilled student's greedy test accuracy minus the RL route's, per question: on the RL task's
+    held-out questions when the distill stage answered them (issue 33: the task RL trained on), else on
+    the evaluate benchmark of params evaluate.distill_vs_rl."""
     pair = records.params("eval").get("distill_vs_rl") or {}
+    if not pair:
+        return None
+    in_task = _distill_vs_rl_in_task(records, pair)
+    if in_task is not None:
+        return in_task
     rows = [r for r in records.jsonl("eval/records.jsonl") if r.get("mode") == "greedy"
             and r.get("benchmark") == pair.get("benchmark")]
-    if not pair or not rows:
+    if not rows:
         return None
     per = {label: _by_question([r for r in rows if r["model"] == label], lambda r: r["correct"])
            for label in (pair["rl"], pair["distilled"])}
     if not all(per.values()):
         return None
     found = paired(per[pair["rl"]], per[pair["distilled"]])
-    return found and replace(found, caveats=distill_caveats(records, pair))
+    return found and replace(found, caveats=distill_caveats(records, pair, str(pair.get("benchmark"))))

@@ -533,8 +533,8 @@ class DistillParams(Section):
         description="label -> {init: path} or {architecture, config, tokenizer}; a plain string means init")
     output_dir: str = Field("models/distill", description="each student lands in <output_dir>/<label>")
     template: Template = "r1_chat"
-    prompts: BenchmarkSubset = BenchmarkSubset(file="train/asdiv.jsonl", limit=32)
-    heldout: BenchmarkSubset = BenchmarkSubset(file="train/asdiv.jsonl", limit=64, offset=600)
+    prompts: BenchmarkSubset = BenchmarkSubset(synthetic=SyntheticQuestions(task="word_ops"), limit=32)
+    heldout: BenchmarkSubset = BenchmarkSubset(synthetic=SyntheticQuestions(task="word_ops"), limit=64, offset=600)
     sampling: SamplingParams = SamplingParams(n=4, temperature=0.8, top_p=0.95, max_new_tokens=128)
     per_question: int = Field(2, ge=1, description="most distinct correct traces kept per prompt")
     min_language: float = Field(0.95, ge=0.0, le=1.0, description="least share of target-language words")

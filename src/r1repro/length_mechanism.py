@@ -31,14 +31,11 @@ within a group every wrong answer has the same advantage and length is all that 
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from r1repro.config import CommonParams, ConfigError, RlParams
 from r1repro.metrics import least_squares_slope
-
-log = logging.getLogger(__name__)
 
 LOSS_TYPES = ("grpo", "dr_grpo")
 
@@ -159,11 +156,10 @@ def one_update(trainer: Any, model: Any, inputs: Mapping[str, Any], loss_type: s
     optimizer.zero_grad(set_to_none=True)
 
 
-def make_scorer(cfg: RlParams, common: CommonParams) -> tuple[Any, Any]:
+def make_scorer(cfg: RlParams, common: CommonParams, output_dir: str) -> tuple[Any, Any]:
     """A GRPOTrainer over rl.init_model with the run's LoRA, optimiser and precision, never trained:
-    its loss and scorer are what `one_update` uses. Returns (trainer, model)."""
-    import tempfile
-
+    its loss and scorer are what `one_update` uses (`output_dir`: TRL's, nothing is saved there).
+    Returns (trainer, model)."""
     from datasets import Dataset
     from transformers.trainer_utils import SaveStrategy
     from trl import GRPOTrainer
@@ -178,8 +174,7 @@ def make_scorer(cfg: RlParams, common: CommonParams) -> tuple[Any, Any]:
     model = load_model(cfg.init_model, dtype=training_weights_dtype(bf16, cfg.lora), device=device,
                        trust_remote_code=common.trust_remote_code)
     first = next(iter(cfg.runs))
-    args = grpo_config(cfg, first, output_dir=tempfile.mkdtemp(prefix="r1repro-length-"), seed=common.seed,
-                       use_cpu=device == "cpu", bf16=bf16)
+    args = grpo_config(cfg, first, output_dir=output_dir, seed=common.seed, use_cpu=device == "cpu", bf16=bf16)
     # Nothing is saved, and no reward is computed (the advantages are built here): set after
     # construction, as bench/grpo_step.py does, since GRPOConfig's checks fail on their derived fields.
     args.save_strategy, args.reward_weights = SaveStrategy.NO, None
@@ -202,17 +197,25 @@ def measure(cfg: RlParams, common: CommonParams, batches: Sequence[Sequence[Mapp
         One record per answer: batch, id, sample, correct, length, advantage, logp_before, and
         delta_<loss_type> (after minus before) for each loss type.
     """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="r1repro-length-") as scratch:
+        trainer, model = make_scorer(cfg, common, scratch)
+        return _measure(trainer, model, cfg.template, batches, scale_rewards)
+
+
+def _measure(trainer: Any, model: Any, template: str, batches: Sequence[Sequence[Mapping[str, Any]]],
+             scale_rewards: str) -> list[dict]:
     from tqdm.auto import tqdm
 
     from r1repro.rl import compact_lm_head_scoring
 
-    trainer, model = make_scorer(cfg, common)
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     start = {name: p.detach().clone() for name, p in trainable.items()}
     records = []
     with compact_lm_head_scoring(enabled=trainer.args.device.type == "cpu"):
         for b, groups in enumerate(tqdm(batches, desc="length mechanism: batches")):
-            inputs = batch_inputs(groups, cfg.template, trainer.processing_class, scale_rewards,
+            inputs = batch_inputs(groups, template, trainer.processing_class, scale_rewards,
                                   device=trainer.args.device)
             before = mean_token_logps(trainer, model, inputs)
             rows = [{"batch": b, **copy.deepcopy(a), "logp_before": lp} for a, lp in zip(inputs["answers"], before)]
