@@ -208,6 +208,11 @@ class Finding:
     extra: dict = field(default_factory=dict)
 
 
+def plural(unit: str) -> str:
+    """'question' -> 'questions', 'batch' -> 'batches'."""
+    return unit + ("es" if unit.endswith(("ch", "sh", "s", "x")) else "s")
+
+
 def no_variation(found: Measurement) -> bool:
     """The measured population shows no variation, so the row's interval is one point: no discordant
     question for the exact test, or every unit's value equal for the bootstrap."""
@@ -218,8 +223,8 @@ def no_variation(found: Measurement) -> bool:
 
 def _no_variation_note(found: Measurement) -> str:
     n = len(found.values)
-    what = (f"none of the {n} {found.unit}s differs between the two sides ({found.detail}; 0 fixed, 0 broken)"
-            if found.pair is not None else f"all {n} {found.unit}s give the same value ({found.detail})")
+    what = (f"none of the {n} {plural(found.unit)} differs between the two sides ({found.detail}; 0 fixed, 0 broken)"
+            if found.pair is not None else f"all {n} {plural(found.unit)} give the same value ({found.detail})")
     return (what + ": its interval is one point and no outcome could contradict the claim, so it is not a "
             "test at this size. The n it would need is unknown: first a population where the outcome varies "
             "(a model that sometimes answers them right)")
@@ -240,7 +245,7 @@ def classify(claim: Claim, found: Measurement | None) -> tuple[str, str, str]:
 
 def _floor_note(claim: Claim, found: Measurement) -> str:
     side, cannot = ("right on none", "break") if claim.expected > 0 else ("right on every", "be fixed")
-    return (f"the first side is {side} of the {found.pair.n} {found.unit}s ({found.detail}), so no {found.unit} "
+    return (f"the first side is {side} of the {found.pair.n} {plural(found.unit)} ({found.detail}), so no {found.unit} "
             f"can {cannot} and the difference cannot come out {'below' if claim.expected > 0 else 'above'} 0: "
             "described, not tested. It becomes a test on a population where the first side is sometimes "
             f"{'right' if claim.expected > 0 else 'wrong'}")
@@ -282,7 +287,7 @@ def _measured_row(row: Finding, claim: Claim, found: Measurement, confidence: fl
     elif found.share is not None:
         row.test, (row.successes, row.n) = "Clopper-Pearson (exact)", found.share
     else:
-        row.test = found.test or f"bootstrap over {found.unit}s"
+        row.test = found.test or f"bootstrap over {plural(found.unit)}"
     if row.kind == CLAIM:
         row.adjusted_low, row.adjusted_high = interval(found, adjusted, n_boot, seed)
         row.adjusted_level, row.counted = adjusted, True
@@ -291,7 +296,7 @@ def _measured_row(row: Finding, claim: Claim, found: Measurement, confidence: fl
         if row.verdict == INCONCLUSIVE and needed is not None:
             row.extra["n_needed"] = needed
             row.note = (f"at the measured effect ({_number(found.value, found.scale)}) and spread, about "
-                        f"{needed} {found.unit}s would put the adjusted interval clear of 0 (normal "
+                        f"{needed} {plural(found.unit)} would put the adjusted interval clear of 0 (normal "
                         f"approximation; this run has {len(found.values)})")
     else:
         row.verdict = BY_CONSTRUCTION if row.kind == MECHANISM else OBSERVED
@@ -349,11 +354,11 @@ def _cells(r: Finding) -> list[str]:
     """A measured row's cells from `measured` to `test`."""
     unit = {"tokens": " tokens", "proportion": "%", "slope": " mnat/token per 10 tokens"}.get(r.scale, " pts")
     if r.fixed is not None:
-        n = f"{r.n} {r.unit}s: {r.fixed} fixed, {r.broken} broken"
+        n = f"{r.n} {plural(r.unit)}: {r.fixed} fixed, {r.broken} broken"
     elif r.successes is not None:
-        n = f"{r.successes} of {r.n} {r.unit}s"
+        n = f"{r.successes} of {r.n} {plural(r.unit)}"
     else:
-        n = f"{r.n} {r.unit}{'s' if r.n != 1 else ''}"
+        n = f"{r.n} {plural(r.unit) if r.n != 1 else r.unit}"
     test = f"{r.test}, p = {_p_text(r.p_value)}" if r.p_value is not None else r.test
     return [_number(r.value, r.scale) + unit, _interval_text(r.low, r.high, r.scale),
             _interval_text(r.adjusted_low, r.adjusted_high, r.scale) if r.counted else "-", n,

@@ -26,6 +26,16 @@ def _save(fig, table: pd.DataFrame, folder: Path, name: str):
     return fig
 
 
+def _label_and_save(fig, ax, table: pd.DataFrame, folder: Path, name: str, title: str, xlabel: str,
+                    ylabel: str, legend: bool):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if legend:
+        ax.legend(fontsize=8)
+    return _save(fig, table, folder, name)
+
+
 def grouped_bars(table: pd.DataFrame, x: str, y: str, hue: str | None, folder: Path, name: str,
                  title: str, ylabel: str, log: bool = False, errors: tuple[str, str] | None = None):
     """Bars of `y` per `x`, one colour per `hue`; `errors` names (low, high) columns for intervals.
@@ -82,12 +92,7 @@ def lines(table: pd.DataFrame, x: str, y: str, hue: str | None, folder: Path, na
         ax.plot(part[x], part[y], marker="o", markersize=3, label=str(group) if hue else None)
         if band:
             ax.fill_between(part[x], part[band[0]], part[band[1]], alpha=0.2)
-    ax.set_xlabel(xlabel or x)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    if hue:
-        ax.legend(fontsize=8)
-    return _save(fig, table, folder, name)
+    return _label_and_save(fig, ax, table, folder, name, title, xlabel or x, ylabel, legend=bool(hue))
 
 
 def panels(tables: Sequence[tuple[str, pd.DataFrame, str]], x: str, hue: str, folder: Path, name: str,
@@ -137,9 +142,4 @@ def scatter(table: pd.DataFrame, x: str, y: str, hue: str | None, folder: Path, 
             slope, intercept = np.polyfit(part[x], part[y], 1)
             ends = np.array([part[x].min(), part[x].max()])
             ax.plot(ends, slope * ends + intercept, color=points.get_facecolor()[0], alpha=0.9)
-    ax.set_xlabel(xlabel or x)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    if hue:
-        ax.legend(fontsize=8)
-    return _save(fig, table, folder, name)
+    return _label_and_save(fig, ax, table, folder, name, title, xlabel or x, ylabel, legend=bool(hue))
