@@ -270,13 +270,23 @@ def sft_readability(records: Records) -> Measurement | None:
 # ---------------------------------------------------------------------------------------------------
 
 
+def rl_seeds(records: Records) -> list[int]:
+    """The RL stage's training seeds: rl.seeds, else the one common.seed its protocol records."""
+    return list(records.params("rl").get("seeds") or [records.json("rl/protocol.json").get("common", {}).get("seed")])
+
+
 def rl_run_named(records: Records, loss_type: str, scale_rewards: str) -> tuple[str, list[int]] | None:
     """The RL stage's run with these two knobs (GRPO: grpo + group; Dr. GRPO: dr_grpo + none), and its seeds."""
-    params = records.params("rl")
-    for run, knobs in (params.get("runs") or {}).items():
+    for run, knobs in (records.params("rl").get("runs") or {}).items():
         if knobs.get("loss_type") == loss_type and knobs.get("scale_rewards") == scale_rewards:
-            return run, list(params.get("seeds") or [records.json("rl/protocol.json").get("common", {}).get("seed")])
+            return run, rl_seeds(records)
     return None
+
+
+def rl_correct_by_seed(records: Records, run: str, seeds: Sequence[int]) -> list[dict[str, float]]:
+    """One {question: correct} per seed of an RL run's greedy held-out answers (rl stage records)."""
+    return [_by_question(records.jsonl(f"rl/records_{run}{seed_suffix(s, seeds)}.jsonl"), lambda r: r["correct"])
+            for s in seeds]
 
 
 def subset_name(subset: dict | None) -> str:
@@ -337,8 +347,7 @@ def rl_gain(knobs: tuple[str, str]):
         if found is None or not start:
             return None
         run, seeds = found
-        per_seed = [_by_question(records.jsonl(f"rl/records_{run}{seed_suffix(s, seeds)}.jsonl"),
-                                 lambda r: r["correct"]) for s in seeds]
+        per_seed = rl_correct_by_seed(records, run, seeds)
         if not all(per_seed):
             return None
         start, after = metrics.seed_averaged(start, per_seed)
@@ -596,19 +605,18 @@ def _distill_vs_rl_in_task(records: Records, pair: dict) -> Measurement | None:
     distilled = _by_question([r for r in records.jsonl(f"distill/records_{student}.jsonl")
                               if r.get("model") == f"{student} after" and r.get("mode") == "greedy"],
                              lambda r: r["correct"])
-    seeds = list(rl.get("seeds") or [records.json("rl/protocol.json").get("common", {}).get("seed")])
-    per_seed = [_by_question(records.jsonl(f"rl/records_{pair['rl']}{seed_suffix(s, seeds)}.jsonl"),
-                             lambda r: r["correct"]) for s in seeds]
-    common = set(distilled).intersection(*per_seed) if all(per_seed) else set()
-    if not common:
+    seeds = rl_seeds(records)
+    per_seed = rl_correct_by_seed(records, pair["rl"], seeds)
+    if not all(per_seed):
         return None
-    route = {q: float(np.mean([p[q] for p in per_seed])) for q in common}
-    mine = {q: distilled[q] for q in common}
+    mine, route = metrics.seed_averaged(distilled, per_seed)  # the RL side averaged over its seeds
+    if not mine:
+        return None
     found = paired(route, mine, exact=None if len(seeds) == 1 else False,
                    detail=f"{pair['rl']} {100 * np.mean(list(route.values())):.1f}% -> {student} "
-                          f"{100 * np.mean(list(mine.values())):.1f}% on {len(common)} held-out questions of "
+                          f"{100 * np.mean(list(mine.values())):.1f}% on {len(mine)} held-out questions of "
                           f"{subset_name(rl.get('heldout'))}")
-    return found and replace(found, caveats=distill_caveats(records, pair, f"its held-out rows ({len(common)})"))
+    return found and replace(found, caveats=distill_caveats(records, pair, f"its held-out rows ({len(mine)})"))
 
 
 def distill_vs_rl(records: Records) -> Measurement | None:

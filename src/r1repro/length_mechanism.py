@@ -30,7 +30,6 @@ within a group every wrong answer has the same advantage and length is all that 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -164,15 +163,10 @@ def make_scorer(cfg: RlParams, common: CommonParams, output_dir: str) -> tuple[A
     from transformers.trainer_utils import SaveStrategy
     from trl import GRPOTrainer
 
-    from r1repro.modeling import (bf16_mixed_precision, load_model, load_tokenizer, lora_config, resolve_device,
-                                  training_weights_dtype)
-    from r1repro.rl import grpo_config
+    from r1repro.modeling import lora_config
+    from r1repro.rl import grpo_config, load_policy
 
-    device = resolve_device(common.device)
-    tokenizer = load_tokenizer(cfg.init_model, trust_remote_code=common.trust_remote_code)
-    bf16 = bf16_mixed_precision(common.dtype, device)
-    model = load_model(cfg.init_model, dtype=training_weights_dtype(bf16, cfg.lora), device=device,
-                       trust_remote_code=common.trust_remote_code)
+    device, tokenizer, bf16, model = load_policy(cfg, common)  # as the RL runs load it
     first = next(iter(cfg.runs))
     args = grpo_config(cfg, first, output_dir=output_dir, seed=common.seed, use_cpu=device == "cpu", bf16=bf16)
     # Nothing is saved, and no reward is computed (the advantages are built here): set after
@@ -218,7 +212,7 @@ def _measure(trainer: Any, model: Any, template: str, batches: Sequence[Sequence
             inputs = batch_inputs(groups, template, trainer.processing_class, scale_rewards,
                                   device=trainer.args.device)
             before = mean_token_logps(trainer, model, inputs)
-            rows = [{"batch": b, **copy.deepcopy(a), "logp_before": lp} for a, lp in zip(inputs["answers"], before)]
+            rows = [{"batch": b, **a, "logp_before": lp} for a, lp in zip(inputs["answers"], before)]
             for loss_type in LOSS_TYPES:
                 one_update(trainer, model, inputs, loss_type)
                 after = mean_token_logps(trainer, model, inputs)

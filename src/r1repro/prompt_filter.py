@@ -170,7 +170,7 @@ def select_prompts(cfg: RlParams, common: CommonParams, rows: Sequence[Mapping[s
         log.info("rl.prompt_filter: sampling %d candidates x %d with %s", len(candidates),
                  spec.sampling.n, cfg.init_model)
         groups = sample_groups(cfg.init_model, candidates, cfg.template, spec.sampling, common)
-        io.atomic_write_json(cache, {"fingerprint": fingerprint, "solved": solved_counts(groups), "groups": groups})
+        io.atomic_write_json(cache, {"fingerprint": fingerprint, "groups": groups})  # counts: solved_counts
     table = pass_table(candidates, solved_counts(groups), spec.sampling.n, spec.min_pass, spec.max_pass)
     kept = [row for row, keep in zip(candidates, table["kept"]) if keep]
     samples = [group for group, keep in zip(groups, table["kept"]) if keep]

@@ -446,6 +446,19 @@ class AutocastRolloutsTrainer(GRPOTrainer):
             return super()._generate_single_turn(*args, **kwargs)
 
 
+def load_policy(cfg: RlParams, common: CommonParams) -> tuple[str, Any, bool, Any]:
+    """rl.init_model as RL trains it: (device, tokenizer, bf16 mixed precision on?, model).
+
+    Trained weights and optimizer state in float32; common.dtype bfloat16 is autocast over them.
+    """
+    device = resolve_device(common.device)
+    tokenizer = load_tokenizer(cfg.init_model, trust_remote_code=common.trust_remote_code)
+    bf16 = bf16_mixed_precision(common.dtype, device)
+    model = load_model(cfg.init_model, dtype=training_weights_dtype(bf16, cfg.lora), device=device,
+                       trust_remote_code=common.trust_remote_code)
+    return device, tokenizer, bf16, model
+
+
 def make_trainer(cfg: RlParams, run: str, common: CommonParams, *,
                  rows: Sequence[Mapping[str, Any]] | None = None,
                  heldout_rows: Sequence[Mapping[str, Any]] | None = None,
@@ -467,12 +480,7 @@ def make_trainer(cfg: RlParams, run: str, common: CommonParams, *,
         (trainer, diagnostics).
     """
     run_dir = Path(cfg.output_dir) / run_dir_name(run, common.seed, run_seeds(cfg, common))
-    device = resolve_device(common.device)
-    tokenizer = load_tokenizer(cfg.init_model, trust_remote_code=common.trust_remote_code)
-    # Trained weights and optimizer state in float32; common.dtype bfloat16 is autocast over them.
-    bf16 = bf16_mixed_precision(common.dtype, device)
-    model = load_model(cfg.init_model, dtype=training_weights_dtype(bf16, cfg.lora), device=device,
-                       trust_remote_code=common.trust_remote_code)
+    device, tokenizer, bf16, model = load_policy(cfg, common)
     stops = stop_policy_for(common, cfg.template, tokenizer)  # as every stage's generation stops
 
     def truncated(ids: list[int], text: str) -> bool:  # cut at the cap before any stop token or string
