@@ -35,10 +35,12 @@ from r1repro import bench
 from r1repro.io import atomic_write_json
 from r1repro.roofline import DTYPE_BYTES, decode_roofline
 from r1repro.generation import load_generator
+from r1repro.stops import StopPolicy
 from r1repro.modeling import resolve_device
 from r1repro.rollout import installed_vllm
 
-TRANSFORMERS_BACKENDS = ["transformers", "transformers_static", "transformers_continuous"]
+TOP_P = 0.95  # sampled runs: the pipeline's top-p
+TRANSFORMERS_BACKENDS = ["transformers", "transformers_static", "transformers_continuous", "transformers_fast"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="rows per batch (transformers backends and plain generate); default all")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0: greedy; > 0: sampled with top-p 0.95 (plain generate and every engine)")
     parser.add_argument("--compile", action="store_true",
                         help="compile transformers_static on any device (by default on CUDA only)")
     parser.add_argument("--bandwidth-gbs", type=float, default=bench.H200_BANDWIDTH_GBS,
@@ -76,14 +80,16 @@ def backends(requested: str, device: str) -> list[str]:
 
 
 def plain_generate(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int,
-                   batch_size: int) -> int:
-    """Greedy `model.generate` over the prompts in batches; returns the tokens generated."""
+                   batch_size: int, temperature: float = 0.0) -> int:
+    """`model.generate` over the prompts in batches, greedy or sampled; returns the tokens generated."""
+    sampling = ({"do_sample": True, "temperature": temperature, "top_p": TOP_P} if temperature > 0
+                else {"do_sample": False})
     tokens = 0
     for start in range(0, len(prompts), batch_size):
         batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
                           padding_side="left").to(model.device)
         with torch.inference_mode():
-            out = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False,
+            out = model.generate(**batch, max_new_tokens=new_tokens, **sampling,
                                  eos_token_id=tokenizer.eos_token_id,
                                  pad_token_id=tokenizer.pad_token_id)
         tokens += (out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0]
@@ -116,14 +122,25 @@ def project_backend(name: str, model: Any, tokenizer: Any, args: argparse.Namesp
                   else {"kv_cache_memory_bytes": 1 << 30, "enforce_eager": True})
         generator = load_generator("vllm", str(folder), dtype=args.dtype, tokenizer=str(folder / "tokenizer"),
                                    max_model_len=args.prompt_tokens + args.new_tokens, **memory)
+    elif name == "transformers_fast":  # its own copy: it prepacks the weights it owns
+        import copy
+
+        from r1repro.generation import FastCpuGenerator
+
+        generator = FastCpuGenerator(copy.deepcopy(model), tokenizer, batch_size=args.batch_size or len(prompts),
+                                     progress=False, owns_weights=True)
     else:
         options = {"compile": True} if name == "transformers_static" and args.compile else {}
         generator = load_generator(name, (model, tokenizer), batch_size=args.batch_size or len(prompts),
                                    progress=False, **options)
 
+    # A stop id the model cannot produce (EOS is off, module docstring); vLLM keeps its own EOS rule.
+    stops = {} if name == "vllm" else {"stop_policy": StopPolicy(token_ids=(args.stop_id,))}
+
     def run() -> int:
-        rows = generator.generate(prompts, n=1, temperature=0.0, top_p=1.0,
-                                  max_tokens=args.new_tokens, seed=args.seed)
+        rows = generator.generate(prompts, n=1, temperature=args.temperature,
+                                  top_p=TOP_P if args.temperature > 0 else 1.0,
+                                  max_tokens=args.new_tokens, seed=args.seed, **stops)
         return sum(c.num_tokens for row in rows for c in row)
 
     return timed_runs(run, args.repeats, device)
@@ -179,6 +196,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tokenizer = bench.word_tokenizer(arch["vocab_size"])
         model = bench.random_model(arch, tokenizer, dtype=args.dtype, device=device, seed=args.seed)
         prompts = bench.random_prompts(args.prompts, args.prompt_tokens, arch["vocab_size"], args.seed)
+    # outside the vocabulary: a random model's EOS (bench.word_tokenizer), or past a local model's ids
+    args.stop_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else arch["vocab_size"]
     roofline = decode_roofline(arch, bench.weight_bytes(model), DTYPE_BYTES[args.dtype], args.prompts,
                                args.prompt_tokens, args.new_tokens, args.bandwidth_gbs)
     names = backends(args.backends, device)
@@ -186,7 +205,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "new_tokens": args.new_tokens, "dtype": args.dtype, "tiny": args.tiny,
                             "model": args.model or "random",
                             "architecture": arch, "batch_size": args.batch_size or args.prompts,
-                            "repeats": args.repeats, "compile_forced": args.compile, "greedy": True,
+                            "repeats": args.repeats, "compile_forced": args.compile, "greedy": args.temperature == 0,
+                            "temperature": args.temperature, "top_p": TOP_P if args.temperature > 0 else 1.0,
                             "eos": "off"},
                "roofline": {**roofline, "bandwidth_gbs": args.bandwidth_gbs},
                # Said outright, so that a GPU result without a vLLM row is not read as vLLM losing.
@@ -194,7 +214,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "complete": False, "results": {}, "errors": {}, "fastest_backend": None,
                "environment": bench.environment(device)}
     results = {"plain_generate": timed_runs(
-        lambda: plain_generate(model, tokenizer, prompts, args.new_tokens, args.batch_size or len(prompts)),
+        lambda: plain_generate(model, tokenizer, prompts, args.new_tokens, args.batch_size or len(prompts),
+                               args.temperature),
         args.repeats, device)}
     # Written after every engine: a run stopped at its time budget keeps what it measured.
     atomic_write_json(args.out, {**payload, "results": scored(results, roofline)})

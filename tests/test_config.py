@@ -22,7 +22,8 @@ def params_dict(repo_root: Path) -> dict:
 
 def test_shipped_params_and_profiles_validate(repo_root: Path) -> None:
     default = load_params(repo_root)
-    assert default.common.backend == "transformers"
+    assert default.common.backend == "transformers_fast"
+    assert default.common.attention == "grouped_decode"
     assert default.common.trust_remote_code is False
     gpu = load_params(repo_root, profile="gpu")
     assert gpu.common.backend == "vllm"
@@ -102,7 +103,7 @@ def test_using_a_profile_leaves_params_yaml_byte_identical(tmp_path: Path, repo_
     config.use_profile("gpu", root=root)
     assert config.active_profile(root) == "gpu"
     assert load_params(root).common.backend == "vllm"  # the active profile is merged in
-    assert load_params(root, profile="none").common.backend == "transformers"
+    assert load_params(root, profile="none").common.backend == "transformers_fast"
     resolved = config.write_resolved(root)
     assert resolved.common.backend == "vllm"
     assert config.load_resolved(root) == resolved
@@ -306,6 +307,8 @@ def test_no_evaluation_column_of_the_cpu_default_rests_on_fewer_than_30_question
 # every other default must equal params.yaml's value, so that a class built without arguments (in a
 # test, a benchmark) runs the pipeline's settings.
 DEFAULT_IS_OFF = {
+    "common.backend": "transformers: plain generate, right on any device; transformers_fast is the CPU default's choice",
+    "common.attention": "sdpa: transformers' own kernel on any device; grouped_decode is the CPU default's choice",
     "common.dtype": "auto is resolved per machine by stage_setup; a bare CommonParams computes in float32",
     "common.inference_dtype": "None: as dtype",
     "common.answer_cache_dir": "None: no cache, so a bare CommonParams never reuses the repository's answers",

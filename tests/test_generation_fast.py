@@ -97,3 +97,46 @@ def test_compiled_static_cache_matches_plain_on_a_toy_model():
                                     width_multiple=16)
     assert records(compiled.generate(prompts, **request)) == reference
     assert all(c[1] == 12 and c[2] == "length" for row in reference for c in row)  # EOS impossible
+
+
+@needs_base
+@pytest.mark.slow
+def test_the_fast_backend_agrees_with_transformers_on_the_probe_questions():
+    """Issue 32's check, on the base model under the probe's template (it answers ~40% of these):
+    64 word_ops test rows, greedy, 128 tokens.
+
+    float32: the fast path (grouped decode attention, static cache; nothing is prepacked) must give
+    transformers' texts exactly. bfloat16 (where the CPU has it natively, as the pipeline runs): the
+    prepacked matmuls and the attention round in another order, so near-ties flip. How often is a
+    property of bf16, not of the engine: transformers' own bf16 answers agreed with its float32
+    ones on 58 of these 64 (55 of 64 for the cold-start model; LOG.md, 2026-12-06), so issue 32's
+    95% cannot be met by any bf16 engine here. We require >= 52 of 64 (81%: a broken engine, e.g.
+    one that attends to padding, agrees on far fewer) and the same accuracy within 4 questions."""
+    from r1repro import synthetic_tasks
+    from r1repro.grading import extract_answer
+    from r1repro.modeling import native_bf16
+    from r1repro.stops import stop_policy_for
+    from r1repro.templates import render_prompt
+
+    rows = synthetic_tasks.generate("word_ops", 1800, 0)[600:664]
+    gold = [row["answer"] for row in rows]
+
+    def answers(backend: str, dtype: str) -> tuple[list[str], list[str | None]]:
+        with load_generator(backend, str(BASE), dtype=dtype, device="cpu", batch_size=64, progress=False) as gen:
+            prompts = [render_prompt("r1_chat_1shot", row["problem"], gen.tokenizer) for row in rows]
+            policy = stop_policy_for(CommonParams(), "r1_chat_1shot", gen.tokenizer)
+            texts = [row[0].text for row in gen.generate(prompts, n=1, temperature=0.0, top_p=1.0,
+                                                         max_tokens=128, seed=0, stop_policy=policy)]
+        return texts, [extract_answer(t) for t in texts]
+
+    plain_texts, plain = answers("transformers", "float32")
+    fast_texts, _ = answers("transformers_fast", "float32")
+    assert sum(a is not None for a in plain) >= 32  # answers to compare, not blanks
+    assert fast_texts == plain_texts
+    if native_bf16("cpu"):
+        _, plain16 = answers("transformers", "bfloat16")
+        _, fast16 = answers("transformers_fast", "bfloat16")
+        agree = sum(a == b for a, b in zip(plain16, fast16))
+        assert agree >= 52, f"{agree} of 64 answers agree"
+        correct = [sum(str(a) == g for a, g in zip(got, gold)) for got in (plain16, fast16)]
+        assert abs(correct[0] - correct[1]) <= 4, correct

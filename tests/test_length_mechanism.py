@@ -16,8 +16,9 @@ from r1repro.config import CommonParams, ConfigError, LoraParams, RlParams
 BASE = Path(__file__).resolve().parents[1] / "models" / "base"
 
 
-def _answer(text: str, correct: bool, finish: str = "stop") -> dict:
-    return {"text": text, "num_tokens": 3, "finish_reason": finish, "correct": correct}
+def _answer(text: str, correct: bool, finish: str = "stop", num_tokens: int | None = None) -> dict:
+    tokens = num_tokens if num_tokens is not None else 3 + len(text)
+    return {"text": text, "num_tokens": tokens, "finish_reason": finish, "correct": correct}
 
 
 def _records(slope: float, batches: int = 4, seed: int = 0) -> list[dict]:
@@ -57,11 +58,21 @@ def test_batches_without_two_wrong_lengths_give_no_slope():
 
 def test_mixed_batches_take_only_groups_with_a_right_and_a_wrong_answer():
     rows = [{"id": f"q{i}", "problem": f"p{i}"} for i in range(6)]
-    samples = [[_answer("a", c) for c in pattern] for pattern in
-               ([1, 1], [0, 1], [0, 0], [1, 0], [0, 1], [1, 0])]
+    samples = [[_answer("a" * (i + 1), c) for c in pattern] for i, pattern in
+               enumerate(([1, 1], [0, 1], [0, 0], [1, 0], [0, 1], [1, 0]))]
     batches = lm.mixed_batches(rows, samples, groups_per_batch=2, batches=2)
     assert [[g["id"] for g in b] for b in batches] == [["q1", "q3"], ["q4", "q5"]]
     with pytest.raises(ConfigError, match=r"rl\.length_mechanism.*rl\.prompt_filter\.candidates"):
+        lm.mixed_batches(rows, samples, groups_per_batch=2, batches=3)
+
+
+def test_mixed_batches_skip_a_batch_whose_wrong_answers_share_one_length():
+    rows = [{"id": f"q{i}", "problem": f"p{i}"} for i in range(6)]
+    lengths = [5, 5, 5, 6, 7, 8]  # the first batch's two wrong answers have one length: no slope
+    samples = [[_answer("a", True), _answer("b", False, num_tokens=n)] for n in lengths]
+    batches = lm.mixed_batches(rows, samples, groups_per_batch=2, batches=2)
+    assert [[g["id"] for g in b] for b in batches] == [["q2", "q3"], ["q4", "q5"]]
+    with pytest.raises(ConfigError, match="give 2"):
         lm.mixed_batches(rows, samples, groups_per_batch=2, batches=3)
 
 

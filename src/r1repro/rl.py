@@ -455,7 +455,7 @@ def load_policy(cfg: RlParams, common: CommonParams) -> tuple[str, Any, bool, An
     tokenizer = load_tokenizer(cfg.init_model, trust_remote_code=common.trust_remote_code)
     bf16 = bf16_mixed_precision(common.dtype, device)
     model = load_model(cfg.init_model, dtype=training_weights_dtype(bf16, cfg.lora), device=device,
-                       trust_remote_code=common.trust_remote_code)
+                       trust_remote_code=common.trust_remote_code, attention=common.attention)
     return device, tokenizer, bf16, model
 
 

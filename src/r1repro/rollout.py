@@ -127,8 +127,11 @@ def choose_rollout(backend: str, device: str,
     if backend == CONTINUOUS:
         return RolloutChoice(backend, CONTINUOUS)
     if backend != VLLM:
-        reason = None if backend == PLAIN else (
-            f"TRL generates without torch.compile, so {backend} runs as plain generate in RL")
+        reasons = {PLAIN: None,
+                   "transformers_fast": "RL's rollouts decode the changing policy through TRL's generate, "
+                   "with common.attention; transformers_fast's prepacked weights are for fixed weights only"}
+        reason = reasons.get(backend, f"TRL generates without torch.compile, so {backend} runs as plain "
+                             "generate in RL")
         return RolloutChoice(backend, PLAIN, reason)
     blocker = vllm_blocker(device, find_vllm())
     if blocker is None:

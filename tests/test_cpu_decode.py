@@ -1,0 +1,146 @@
+"""The CPU decode path computes what transformers' own SDPA path computes (r1repro.cpu_decode).
+
+Toy Llama models with grouped-query attention (4 query heads, 2 key/value heads), float32, CPU:
+a few seconds in all. The embedded model's agreement is in tests/test_generation_fast.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from r1repro import cpu_decode
+from r1repro.generation import FastCpuGenerator, TransformersGenerator, load_generator
+from r1repro import bench
+
+
+class _Module(torch.nn.Module):
+    """What an attention function reads from its layer."""
+
+    num_key_value_groups = 2
+    is_causal = True
+
+
+def _toy_llama(attention: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cpu_decode.register_attention()
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=None,
+                         bos_token_id=None)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attention).eval()
+
+
+def _qkv(q_len: int, context: int):
+    torch.manual_seed(1)
+    return (torch.randn(3, 4, q_len, 8), torch.randn(3, 2, context, 8), torch.randn(3, 2, context, 8))
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "additive"])
+def test_a_decode_step_equals_sdpa(mask_kind):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    query, key, value = _qkv(1, 7)
+    keep = torch.ones(3, 1, 1, 7, dtype=torch.bool)
+    keep[0, ..., :3] = False  # a left-padded row
+    mask = {"none": None, "bool": keep,
+            "additive": torch.zeros(3, 1, 1, 7).masked_fill(~keep, torch.finfo(torch.float32).min)}[mask_kind]
+    expected, _ = sdpa_attention_forward(_Module(), query, key, value, mask, scaling=0.3, is_causal=False)
+    got, weights = cpu_decode.grouped_decode_attention(_Module(), query, key, value, mask, scaling=0.3)
+    assert weights is None and got.shape == expected.shape == (3, 1, 4, 8)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    if mask is not None:  # the mask is applied: without it row 0 comes out different
+        unmasked, _ = cpu_decode.grouped_decode_attention(_Module(), query, key, value, None, scaling=0.3)
+        assert not torch.allclose(unmasked[0], expected[0], atol=1e-3)
+
+
+def test_longer_queries_go_to_sdpa_unchanged():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    query, key, value = _qkv(5, 5)
+    expected, _ = sdpa_attention_forward(_Module(), query, key, value, None, scaling=0.3)
+    got, _ = cpu_decode.grouped_decode_attention(_Module(), query, key, value, None, scaling=0.3)
+    assert torch.equal(got, expected)
+
+
+def test_under_bf16_autocast_a_decode_step_stays_close_to_float32():
+    query, key, value = _qkv(1, 7)
+    reference, _ = cpu_decode.grouped_decode_attention(_Module(), query, key, value, None, scaling=0.3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = cpu_decode.grouped_decode_attention(_Module(), query, key, value, None, scaling=0.3)
+    assert got.dtype == query.dtype  # computed in the cache's dtype, returned in the query's
+    torch.testing.assert_close(got, reference)
+
+
+def test_greedy_tokens_with_left_padding_match_sdpa_exactly():
+    """Fails without SDPA's mask registered for the custom attention (padding would be attended)."""
+    ids = torch.randint(1, 64, (3, 9), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    mask[1, :2] = 0
+    runs = {}
+    for attention in ("sdpa", cpu_decode.GROUPED_DECODE):
+        model = _toy_llama(attention)
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                                 pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+        runs[attention] = out
+    assert torch.equal(runs["sdpa"].sequences, runs[cpu_decode.GROUPED_DECODE].sequences)
+    torch.testing.assert_close(torch.stack(runs[cpu_decode.GROUPED_DECODE].logits),
+                               torch.stack(runs["sdpa"].logits), rtol=1e-4, atol=1e-5)
+
+
+def test_training_loss_and_gradients_are_sdpa_s():
+    ids = torch.randint(1, 64, (2, 10), generator=torch.Generator().manual_seed(3))
+    grads = {}
+    for attention in ("sdpa", cpu_decode.GROUPED_DECODE):
+        model = _toy_llama(attention).train()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads[attention] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+    assert torch.equal(grads["sdpa"][0], grads[cpu_decode.GROUPED_DECODE][0])
+    for a, b in zip(grads["sdpa"][1], grads[cpu_decode.GROUPED_DECODE][1]):
+        assert torch.equal(a, b)
+
+
+def test_prepacking_leaves_float32_models_alone():
+    model = _toy_llama("sdpa")
+    assert not cpu_decode.can_prepack(model)
+    assert cpu_decode.prepack_linear_weights(model, batch_hint=4) == 0
+    assert all(type(m) is not cpu_decode._PackedLinear for m in model.modules())
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                    reason="this CPU has no native bf16 (AMX or avx512_bf16): nothing is prepacked")
+def test_prepacked_bf16_layers_compute_the_same_logits():
+    model = _toy_llama("sdpa").to(torch.bfloat16)
+    ids = torch.randint(1, 64, (4, 6), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        expected = model(input_ids=ids).logits.float()
+        linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+        assert cpu_decode.prepack_linear_weights(model, batch_hint=4) == linears > 0
+        assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+        got = model(input_ids=ids).logits.float()
+    torch.testing.assert_close(got, expected, rtol=0.02, atol=0.02)  # bf16: last bits round differently
+
+
+def test_the_fast_backend_gives_the_plain_records_in_float32():
+    """Greedy and sampled records equal token for token (float32: nothing prepacked, exact kernels)."""
+    arch = bench.architecture(tiny=True)
+    tokenizer = bench.word_tokenizer(arch["vocab_size"])
+    model = bench.random_model(arch, tokenizer, dtype="float32", device="cpu")
+    prompts = bench.random_prompts(3, 10, arch["vocab_size"], seed=1) + ["t5 t6"]  # padded rows
+    plain = TransformersGenerator(model, tokenizer, batch_size=4, progress=False)
+    cpu_decode.register_attention()
+    model.set_attn_implementation(cpu_decode.GROUPED_DECODE)
+    fast = load_generator("transformers_fast", (model, tokenizer), batch_size=4, progress=False)
+    assert isinstance(fast, FastCpuGenerator)
+    for request in ({"n": 2, "temperature": 0.0, "top_p": 1.0, "max_tokens": 12, "seed": 0},
+                    {"n": 3, "temperature": 1.0, "top_p": 0.9, "max_tokens": 8, "seed": 5}):
+        model.set_attn_implementation("sdpa")
+        expected = plain.generate(prompts, **request)
+        model.set_attn_implementation(cpu_decode.GROUPED_DECODE)
+        got = fast.generate(prompts, **request)
+        assert [[(c.text, c.num_tokens, c.finish_reason) for c in row] for row in got] == \
+               [[(c.text, c.num_tokens, c.finish_reason) for c in row] for row in expected]
