@@ -139,8 +139,7 @@ def project_backend(name: str, model: Any, tokenizer: Any, args: argparse.Namesp
 
     def run() -> int:
         rows = generator.generate(prompts, n=1, temperature=args.temperature,
-                                  top_p=TOP_P if args.temperature > 0 else 1.0,
-                                  max_tokens=args.new_tokens, seed=args.seed, **stops)
+                                  top_p=args.top_p, max_tokens=args.new_tokens, seed=args.seed, **stops)
         return sum(c.num_tokens for row in rows for c in row)
 
     return timed_runs(run, args.repeats, device)
@@ -198,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prompts = bench.random_prompts(args.prompts, args.prompt_tokens, arch["vocab_size"], args.seed)
     # outside the vocabulary: a random model's EOS (bench.word_tokenizer), or past a local model's ids
     args.stop_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else arch["vocab_size"]
+    args.top_p = TOP_P if args.temperature > 0 else 1.0
     roofline = decode_roofline(arch, bench.weight_bytes(model), DTYPE_BYTES[args.dtype], args.prompts,
                                args.prompt_tokens, args.new_tokens, args.bandwidth_gbs)
     names = backends(args.backends, device)
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "model": args.model or "random",
                             "architecture": arch, "batch_size": args.batch_size or args.prompts,
                             "repeats": args.repeats, "compile_forced": args.compile, "greedy": args.temperature == 0,
-                            "temperature": args.temperature, "top_p": TOP_P if args.temperature > 0 else 1.0,
+                            "temperature": args.temperature, "top_p": args.top_p,
                             "eos": "off"},
                "roofline": {**roofline, "bandwidth_gbs": args.bandwidth_gbs},
                # Said outright, so that a GPU result without a vLLM row is not read as vLLM losing.

@@ -26,7 +26,6 @@ from typing import Any
 import torch
 
 GROUPED_DECODE = "grouped_decode"
-ATTENTIONS = ("sdpa", "eager", GROUPED_DECODE)
 
 
 def grouped_decode_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,

@@ -631,8 +631,8 @@ class FastCpuGenerator(StaticCacheGenerator):
     attention was fixed) with prompts padded only to the batch's longest, and, for bf16 weights on a
     CPU with native bf16, every linear layer prepacked for oneDNN. Records, seeds and guarantees
     are `TransformersGenerator`'s; bf16 rounding differs, so answers agree rather than match
-    (tests/test_generation_fast.py). Not compiled: on 2 cores torch.compile took a minute and then
-    decoded slower (`StaticCacheGenerator`).
+    (tests/test_generation_fast.py). Not compiled: on 2 cores torch.compile (inductor, frozen
+    weights) took a minute for its first call and aborted the process on its second (LOG.md).
 
     A model the generator owns (`from_pretrained`, or `owns_weights=True`) gets all three. A
     (model, tokenizer) pair someone else holds keeps its attention and its weights (packing would
