@@ -13,6 +13,14 @@ roofline (weights + KV cache read per decode step over --bandwidth-gbs), and wri
 `--model` times a local model folder instead (e.g. the embedded SmolLM2-135M on a CPU); its EOS
 is switched off, so there too every row decodes --new-tokens tokens.
 
+`--task-template NAME` (with `--model`) times the pipeline's own workload instead: the generated
+`word_ops` test questions under that prompt template (`--samples` answers each), stopping where the
+pipeline stops (`r1repro.stops`), so rows end at different lengths and prompts share their template,
+as in every stage. Every engine is scored on the tokens it generated up to each row's stop.
+
+    python bench/rollout.py --model models/base --task-template r1_chat_1shot --prompts 4 --samples 8 \
+        --new-tokens 128 --temperature 1.0 --device cpu --backends transformers,transformers_fast
+
 Each engine runs the workload --repeats times and is scored on its fastest run: the first run of
 a compiled backend includes compilation (its time is kept as first_seconds). The JSON is rewritten
 after every engine ("complete" false until the last), so a run stopped at its time budget keeps what
@@ -65,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bandwidth-gbs", type=float, default=bench.H200_BANDWIDTH_GBS,
                         help="memory bandwidth for the roofline (default: H200, 4800 GB/s)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task-template", default=None,
+                        help="with --model: word_ops test questions under this template, EOS on (docstring)")
+    parser.add_argument("--samples", type=int, default=1, help="answers per prompt (rows = prompts x samples)")
     parser.add_argument("--out", default="results/bench/rollout.json")
     return parser.parse_args(argv)
 
@@ -80,19 +91,21 @@ def backends(requested: str, device: str) -> list[str]:
 
 
 def plain_generate(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int,
-                   batch_size: int, temperature: float = 0.0) -> int:
-    """`model.generate` over the prompts in batches, greedy or sampled; returns the tokens generated."""
+                   batch_size: int, temperature: float = 0.0, stop_ids: tuple[int, ...] | None = None) -> int:
+    """`model.generate` over the prompts in batches, greedy or sampled; returns the tokens generated
+    (each row's up to and including its first stop id; the padding after it is not counted)."""
     sampling = ({"do_sample": True, "temperature": temperature, "top_p": TOP_P} if temperature > 0
                 else {"do_sample": False})
+    stops = list(stop_ids) if stop_ids else [tokenizer.eos_token_id]
     tokens = 0
     for start in range(0, len(prompts), batch_size):
         batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
                           padding_side="left").to(model.device)
         with torch.inference_mode():
-            out = model.generate(**batch, max_new_tokens=new_tokens, **sampling,
-                                 eos_token_id=tokenizer.eos_token_id,
+            out = model.generate(**batch, max_new_tokens=new_tokens, **sampling, eos_token_id=stops,
                                  pad_token_id=tokenizer.pad_token_id)
-        tokens += (out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0]
+        for row in out[:, batch["input_ids"].shape[1]:].tolist():
+            tokens += next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
     return tokens
 
 
@@ -112,6 +125,11 @@ def timed_runs(run: Any, repeats: int, device: str) -> dict[str, Any]:
             "tokens_per_s": tokens / min(times), **bench.peak_memory_gb(device)}
 
 
+def rows_of(args: argparse.Namespace) -> int:
+    """Sequences in the workload: prompts x samples."""
+    return args.prompts * args.samples
+
+
 def project_backend(name: str, model: Any, tokenizer: Any, args: argparse.Namespace,
                     prompts: list[str], device: str, folder: Path) -> dict[str, Any]:
     """Time one r1repro.generation backend on the prompts (vllm loads the model from `folder`)."""
@@ -127,18 +145,18 @@ def project_backend(name: str, model: Any, tokenizer: Any, args: argparse.Namesp
 
         from r1repro.generation import FastCpuGenerator
 
-        generator = FastCpuGenerator(copy.deepcopy(model), tokenizer, batch_size=args.batch_size or len(prompts),
+        generator = FastCpuGenerator(copy.deepcopy(model), tokenizer, batch_size=args.batch_size or rows_of(args),
                                      progress=False, owns_weights=True)
     else:
         options = {"compile": True} if name == "transformers_static" and args.compile else {}
-        generator = load_generator(name, (model, tokenizer), batch_size=args.batch_size or len(prompts),
+        generator = load_generator(name, (model, tokenizer), batch_size=args.batch_size or rows_of(args),
                                    progress=False, **options)
 
-    # A stop id the model cannot produce (EOS is off, module docstring); vLLM keeps its own EOS rule.
-    stops = {} if name == "vllm" else {"stop_policy": StopPolicy(token_ids=(args.stop_id,))}
+    # The stop ids (EOS is off outside --task-template: ids the model cannot produce); vLLM keeps its own rule.
+    stops = {} if name == "vllm" else {"stop_policy": StopPolicy(token_ids=args.stop_ids)}
 
     def run() -> int:
-        rows = generator.generate(prompts, n=1, temperature=args.temperature,
+        rows = generator.generate(prompts, n=args.samples, temperature=args.temperature,
                                   top_p=args.top_p, max_tokens=args.new_tokens, seed=args.seed, **stops)
         return sum(c.num_tokens for row in rows for c in row)
 
@@ -178,6 +196,22 @@ def local_model(path: str, args: argparse.Namespace, device: str) -> tuple[Any, 
     return model, tokenizer, model.config.to_dict(), prompts
 
 
+def task_model(path: str, args: argparse.Namespace, device: str) -> tuple[Any, Any, dict, list[str]]:
+    """A model folder as the pipeline runs it (EOS on) and word_ops test questions under a template."""
+    from r1repro import synthetic_tasks
+    from r1repro.config import CommonParams
+    from r1repro.modeling import ensure_pad_token, load_model, load_tokenizer
+    from r1repro.stops import stop_policy_for
+    from r1repro.templates import render_prompt
+
+    model = load_model(path, dtype=args.dtype, device=device)
+    tokenizer = ensure_pad_token(load_tokenizer(path))
+    rows = synthetic_tasks.generate("word_ops", 1800, 0)[600:600 + args.prompts]  # the pipeline's test rows
+    prompts = [render_prompt(args.task_template, row["problem"], tokenizer) for row in rows]
+    args.stop_ids = stop_policy_for(CommonParams(), args.task_template, tokenizer).token_ids
+    return model, tokenizer, model.config.to_dict(), prompts
+
+
 def scored(results: dict[str, dict], roofline: dict[str, float]) -> dict[str, dict]:
     """Each engine's result with its roofline fraction and its ratio to plain generate."""
     plain = results["plain_generate"]["tokens_per_s"]
@@ -188,34 +222,44 @@ def scored(results: dict[str, dict], roofline: dict[str, float]) -> dict[str, di
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    if args.model:
+    if args.task_template and not args.model:
+        raise SystemExit("--task-template needs --model (a folder whose tokenizer the template renders with)")
+    if args.task_template:
+        model, tokenizer, arch, prompts = task_model(args.model, args, device)
+    elif args.model:
         model, tokenizer, arch, prompts = local_model(args.model, args, device)
     else:
         arch = bench.architecture(tiny=args.tiny)
         tokenizer = bench.word_tokenizer(arch["vocab_size"])
         model = bench.random_model(arch, tokenizer, dtype=args.dtype, device=device, seed=args.seed)
         prompts = bench.random_prompts(args.prompts, args.prompt_tokens, arch["vocab_size"], args.seed)
-    # outside the vocabulary: a random model's EOS (bench.word_tokenizer), or past a local model's ids
-    args.stop_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else arch["vocab_size"]
+    if not args.task_template:
+        # outside the vocabulary: a random model's EOS (bench.word_tokenizer), or past a local model's ids
+        args.stop_ids = (tokenizer.eos_token_id if tokenizer.eos_token_id is not None else arch["vocab_size"],)
     args.top_p = TOP_P if args.temperature > 0 else 1.0
-    roofline = decode_roofline(arch, bench.weight_bytes(model), DTYPE_BYTES[args.dtype], args.prompts,
+    if args.temperature == 0 and args.samples > 1:
+        raise SystemExit("--samples > 1 needs --temperature > 0 (greedy answers repeat)")
+    rows = rows_of(args)
+    roofline = decode_roofline(arch, bench.weight_bytes(model), DTYPE_BYTES[args.dtype], rows,
                                args.prompt_tokens, args.new_tokens, args.bandwidth_gbs)
     names = backends(args.backends, device)
     payload = {"workload": {"prompts": args.prompts, "prompt_tokens": args.prompt_tokens,
                             "new_tokens": args.new_tokens, "dtype": args.dtype, "tiny": args.tiny,
                             "model": args.model or "random",
-                            "architecture": arch, "batch_size": args.batch_size or args.prompts,
+                            "architecture": arch, "batch_size": args.batch_size or rows,
+                            "samples": args.samples, "task_template": args.task_template,
                             "repeats": args.repeats, "compile_forced": args.compile, "greedy": args.temperature == 0,
                             "temperature": args.temperature, "top_p": args.top_p,
-                            "eos": "off"},
+                            "eos": "on" if args.task_template else "off"},
                "roofline": {**roofline, "bandwidth_gbs": args.bandwidth_gbs},
                # Said outright, so that a GPU result without a vLLM row is not read as vLLM losing.
                "vllm": "timed" if "vllm" in names else f"not timed (installed: {installed_vllm() or 'no'})",
                "complete": False, "results": {}, "errors": {}, "fastest_backend": None,
                "environment": bench.environment(device)}
+    rows_of_prompts = [p for p in prompts for _ in range(args.samples)]
     results = {"plain_generate": timed_runs(
-        lambda: plain_generate(model, tokenizer, prompts, args.new_tokens, args.batch_size or len(prompts),
-                               args.temperature),
+        lambda: plain_generate(model, tokenizer, rows_of_prompts, args.new_tokens, args.batch_size or rows,
+                               args.temperature, args.stop_ids),
         args.repeats, device)}
     # Written after every engine: a run stopped at its time budget keeps what it measured.
     atomic_write_json(args.out, {**payload, "results": scored(results, roofline)})

@@ -84,6 +84,22 @@ def test_rollout_benchmark_runs_and_writes_json(tmp_path):
     assert payload["fastest_backend"] in results
 
 
+def test_rollout_benchmark_on_the_pipeline_s_questions_stops_where_rows_end(tmp_path, tiny_model):
+    out = tmp_path / "rollout.json"
+    payload = load_script("rollout").main([
+        "--model", str(tiny_model), "--task-template", "r1_chat", "--prompts", "2", "--samples", "3",
+        "--temperature", "1.0", "--new-tokens", "6", "--device", "cpu", "--dtype", "float32", "--repeats", "1",
+        "--out", str(out), "--backends", "transformers_fast"])
+    workload = payload["workload"]
+    assert workload["eos"] == "on" and workload["samples"] == 3 and workload["batch_size"] == 6
+    assert set(payload["results"]) == {"plain_generate", "transformers_fast"}
+    for r in payload["results"].values():  # 6 rows of at most 6 tokens, counted up to each row's stop
+        assert 6 <= r["tokens"] <= 36 and r["tokens_per_s"] > 0
+    with pytest.raises(SystemExit, match="--samples"):
+        load_script("rollout").main(["--model", str(tiny_model), "--task-template", "r1_chat", "--samples", "2",
+                                     "--out", str(out)])
+
+
 def test_grpo_step_benchmark_takes_several_optimiser_steps_per_rollout(tmp_path):
     out = tmp_path / "grpo_step.json"
     payload = load_script("grpo_step").main([

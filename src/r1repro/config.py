@@ -121,7 +121,7 @@ class CommonParams(Section):
     trust_remote_code: bool = Field(False, description="let transformers run code shipped with a model")
     grading_timeout_s: float = Field(5.0, gt=0.0, description="time bound for grading one response")
     grading_workers: int = Field(2, ge=1, description="processes that grade in parallel")
-    generation_batch_size: int = Field(64, ge=1, description="sequences (prompts x samples) per batch, transformers backends")
+    generation_batch_size: int = Field(128, ge=1, description="sequences (prompts x samples) per batch, transformers backends")
     answer_cache_dir: str | None = Field(
         None, description="keep greedy answers here, keyed by model weights, prompt and decoding setup, so "
         "a later stage asking the same model the same question reuses them (r1repro.answer_cache); "

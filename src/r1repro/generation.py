@@ -9,9 +9,11 @@ Backends sit in a registry chosen by name (`common.backend` in params.yaml):
 * `transformers_continuous`: transformers' continuous batching, `model.generate_batch`
   (`ContinuousBatchingGenerator`): a paged KV cache, no padding, a finished row's slot refilled at
   once. Greedy records match `transformers`; sampled ones come from one seeded stream (see class).
-* `transformers_fast`: the CPU default for fixed weights (`FastCpuGenerator`): grouped decode
-  attention, a static KV cache and prepacked bf16 weights (`r1repro.cpu_decode`); float32 records
-  as `transformers`, bf16 answers agree within bf16's own rounding (tests/test_generation_fast.py).
+* `transformers_fast`: the CPU default (`FastCpuGenerator`): its own decode loop over the model's
+  forward (`r1repro.cpu_decode.decode_dropping_finished`: each distinct prompt token computed once,
+  ended rows dropped from the batch), with grouped decode attention, a static KV cache and, for
+  weights it owns, prepacked bf16 linears; float32 records as `transformers`, bf16 answers agree
+  within bf16's own rounding (tests/test_generation_fast.py).
 * `vllm`: `vllm.LLM`, imported only when asked for. vLLM starts worker processes, so a script that
   uses it must create the generator under `if __name__ == "__main__":`.
 
@@ -371,6 +373,10 @@ class RowSampler(LogitsProcessor):
         probs = probs.masked_fill(probs.cumsum(-1) - probs >= self.top_p, 0.0)
         return probs, ids
 
+    def select_rows(self, rows: Sequence[int]) -> None:
+        """Keep the streams of batch rows `rows` only, in that order (rows left the batch)."""
+        self.generators = [self.generators[k] for k in rows]
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.float() / self.temperature
         if self.top_p < 1.0:
@@ -528,17 +534,21 @@ class TransformersGenerator(EngineLifecycle):
                    seed: int, stop: list[str] | None, policy: StopPolicy) -> list[Completion]:
         """Decode one batch and turn each row into a Completion."""
         input_ids, attention_mask = self._pad_left(batch)
-        processors = []
-        if temperature > 0:
-            seeds = [derived_seed(seed, r.prompt_index, r.sample_index) for r in batch]
-            processors.append(RowSampler(seeds, temperature, top_p))
+        sampler = self._sampler(batch, temperature, top_p, seed)
         output = self.model.generate(
             input_ids=input_ids, attention_mask=attention_mask,
             generation_config=self._generation_config(max_tokens, policy),
-            logits_processor=processors, stopping_criteria=self._stopping([*(stop or ()), *policy.strings]),
+            logits_processor=[] if sampler is None else [sampler], stopping_criteria=self._stopping([*(stop or ()), *policy.strings]),
         )
         generated = output[:, input_ids.shape[1]:].tolist()
         return [self._completion(r, ids, stop, policy) for r, ids in zip(batch, generated)]
+
+    @staticmethod
+    def _sampler(batch: list[_Row], temperature: float, top_p: float, seed: int) -> RowSampler | None:
+        """The batch's per-row sampler; None when decoding greedily."""
+        if temperature == 0:
+            return None
+        return RowSampler([derived_seed(seed, r.prompt_index, r.sample_index) for r in batch], temperature, top_p)
 
     def _completion(self, row: _Row, ids: list[int], stop: list[str] | None, policy: StopPolicy) -> Completion:
         """Count tokens, cut the text and set finish_reason for one generated row.
@@ -624,19 +634,20 @@ class StaticCacheGenerator(TransformersGenerator):
 
 
 class FastCpuGenerator(StaticCacheGenerator):
-    """`TransformersGenerator` for fixed weights, at the speed a CPU allows (`r1repro.cpu_decode`).
+    """`TransformersGenerator` at the speed a CPU allows (`r1repro.cpu_decode`).
 
-    Three changes, none to what is computed: decode steps through `grouped_decode` attention (no
-    per-head copy of the cache), a static KV cache (no concatenation per step: 34% of a step once
-    attention was fixed) with prompts padded only to the batch's longest, and, for bf16 weights on a
-    CPU with native bf16, every linear layer prepacked for oneDNN. Records, seeds and guarantees
-    are `TransformersGenerator`'s; bf16 rounding differs, so answers agree rather than match
+    Changes, none to what is computed: batches decode through `decode_dropping_finished` (the
+    batch's common prompt prefix and each distinct prompt prefilled once, a row removed from the
+    batch once it ends, a static KV cache: no concatenation per step), decode steps through
+    `grouped_decode` attention (no per-head copy of the cache) and, for bf16 weights on a CPU
+    with native bf16, every linear layer prepacked for oneDNN. Records, seeds and guarantees are
+    `TransformersGenerator`'s; bf16 rounding differs, so answers agree rather than match
     (tests/test_generation_fast.py). Not compiled: on 2 cores torch.compile (inductor, frozen
     weights) took a minute for its first call and aborted the process on its second (LOG.md).
 
-    A model the generator owns (`from_pretrained`, or `owns_weights=True`) gets all three. A
-    (model, tokenizer) pair someone else holds keeps its attention and its weights (packing would
-    copy weights that may still change); it only gets the static cache.
+    A model the generator owns (`from_pretrained`, or `owns_weights=True`) gets all of it. A
+    (model, tokenizer) pair someone else holds (RL's policy) keeps its attention and its weights
+    (packing would copy weights that may still change); it gets the decode loop.
     """
 
     backend: ClassVar[str] = "transformers_fast"
@@ -652,6 +663,19 @@ class FastCpuGenerator(StaticCacheGenerator):
             register_attention()
             model.set_attn_implementation(GROUPED_DECODE)
             prepack_linear_weights(model, batch_hint=batch_size)
+
+    @torch.inference_mode()
+    def _run_batch(self, batch: list[_Row], temperature: float, top_p: float, max_tokens: int,
+                   seed: int, stop: list[str] | None, policy: StopPolicy) -> list[Completion]:
+        """`TransformersGenerator._run_batch`, decoded by `decode_dropping_finished`."""
+        from r1repro.cpu_decode import decode_dropping_finished
+
+        generated = decode_dropping_finished(
+            self.model, [r.ids for r in batch], max_new_tokens=max_tokens,
+            stop_token_ids=policy.token_ids, pad_token_id=self.tokenizer.pad_token_id,
+            processor=self._sampler(batch, temperature, top_p, seed), stopping=self._stopping([*(stop or ()), *policy.strings]),
+        )
+        return [self._completion(r, ids, stop, policy) for r, ids in zip(batch, generated)]
 
 
 class ContinuousBatchingGenerator(TransformersGenerator):

@@ -8,6 +8,17 @@ onto TRL's own generation options:
 * `transformers_continuous`: TRL's `use_transformers_continuous_batching` (`model.generate_batch`).
 * `transformers`, `transformers_static`: TRL's plain `model.generate`. TRL turns torch.compile off
   for its own generation, so a static cache alone would buy nothing there.
+* `transformers_fast`: the policy decodes its own rollouts (`decode_rollouts`, through
+  `r1repro.cpu_decode.decode_dropping_finished`) in place of TRL's `model.generate`: each distinct
+  prompt token is computed once (a rollout is prompts_per_step prompts x num_generations samples
+  behind one template) and a completion leaves the batch when it ends. Same weights, forward and
+  autocast as TRL's generate, so the sampling policy is exactly the trained one (nothing to sync,
+  no importance ratio). TRL's GenerationConfig is read and any setting the sampler lacks is
+  refused (`check_sampling`); samples come from per-row streams seeded by (seed, step, process,
+  row). A bf16 copy with LoRA merged and prepacked weights (issue 32's "engine") decoded a 32 x 128
+  rollout in 8-9 s against the policy's 11-13 s, but the copy's sync (0.5 s) and checking its
+  log-probs against the policy's (1 s on 2 completions; its tokens were 0.012 nats off) left ~2 s
+  a step, for sampling off-policy: not taken (LOG.md, 2026-12-06).
 
 vLLM cannot run everywhere. Where it cannot, the run falls back to transformers generation with
 one warning that names the cause and `common.backend`, and the choice is kept in
@@ -39,12 +50,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
+from typing import Any
 
 log = logging.getLogger(__name__)
+
 
 VLLM = "vllm"
 CONTINUOUS = "transformers_continuous"
 PLAIN = "transformers"
+FAST = "transformers_fast"
 
 
 @dataclass(frozen=True)
@@ -53,7 +67,8 @@ class RolloutChoice:
 
     Attributes:
         requested: common.backend.
-        engine: "vllm", "transformers_continuous" or "transformers" (TRL's plain generate).
+        engine: "vllm", "transformers_continuous", "transformers" (TRL's plain generate) or
+            "transformers_fast" (`decode_rollouts`).
         reason: why `engine` differs from `requested`; None when it does not.
         fallback: True when vLLM was asked for and cannot run (the warning case).
     """
@@ -124,15 +139,11 @@ def choose_rollout(backend: str, device: str,
     Returns:
         The choice; `fallback` is True when vLLM was asked for and cannot run.
     """
-    if backend == CONTINUOUS:
-        return RolloutChoice(backend, CONTINUOUS)
+    if backend in (CONTINUOUS, FAST, PLAIN):
+        return RolloutChoice(backend, backend)
     if backend != VLLM:
-        reasons = {PLAIN: None,
-                   "transformers_fast": "RL's rollouts decode the changing policy through TRL's generate, "
-                   "with common.attention; transformers_fast's prepacked weights are for fixed weights only"}
-        reason = reasons.get(backend, f"TRL generates without torch.compile, so {backend} runs as plain "
-                             "generate in RL")
-        return RolloutChoice(backend, PLAIN, reason)
+        return RolloutChoice(backend, PLAIN, f"TRL generates without torch.compile, so {backend} runs as "
+                             "plain generate in RL")
     blocker = vllm_blocker(device, find_vllm())
     if blocker is None:
         return RolloutChoice(backend, VLLM)
@@ -148,3 +159,54 @@ def announce(choice: RolloutChoice, run: str) -> None:
         log.info("rl %s: %s", run, choice.reason)
     else:
         log.info("rl %s: rollouts generated with %s", run, choice.engine)
+
+
+# GenerationConfig fields `decode_rollouts` implements, with the values it accepts for the others
+# (TRL 1.16 sets every one of them; a different value would change the sampled distribution).
+_DECODED = {"max_new_tokens", "do_sample", "temperature", "top_p", "eos_token_id", "pad_token_id", "bos_token_id",
+            "disable_compile", "cache_implementation"}
+_NEUTRAL = {"top_k": (0, None), "min_p": (None, 0.0), "repetition_penalty": (1.0, None)}
+
+
+def check_sampling(config: Any) -> None:
+    """Refuse a rollout GenerationConfig that `decode_rollouts` would not sample as `generate` does.
+
+    Raises:
+        ConfigError: naming each setting it cannot honour (top-k, min-p, a repetition penalty, ...).
+    """
+    from transformers import GenerationConfig
+
+    from r1repro.config import ConfigError
+
+    defaults = GenerationConfig().to_dict()
+    unsupported = {key: value for key, value in config.to_dict().items()
+                   if key not in _DECODED and not key.startswith("_") and key not in ("transformers_version",)
+                   and value != defaults.get(key, value) and value not in _NEUTRAL.get(key, ())}
+    unsupported.update({key: getattr(config, key) for key in _NEUTRAL
+                        if getattr(config, key, None) not in _NEUTRAL[key]})
+    if not config.do_sample or not config.temperature:
+        unsupported["do_sample/temperature"] = (config.do_sample, config.temperature)
+    if unsupported:
+        raise ConfigError(f"common.backend transformers_fast decodes RL rollouts itself and samples with "
+                          f"temperature and top-p only, but TRL's rollout config also sets {unsupported}; "
+                          "set common.backend: transformers to let TRL's generate honour them")
+
+
+def decode_rollouts(model: Any, prompt_ids: list[list[int]], config: Any, sampler: Any) -> list[list[int]]:
+    """One sampled completion per prompt row, as TRL's transformers rollouts return them.
+
+    Args:
+        model: the policy (in whatever autocast the caller entered).
+        prompt_ids: token ids of each row (rows repeat: a prompt's num_generations samples).
+        config: TRL's rollout `GenerationConfig` (`check_sampling` passed).
+        sampler: per-row sampling at config's temperature and top-p (`r1repro.generation.RowSampler`).
+
+    Returns:
+        each row's completion ids, up to and including its first stop token (TRL masks what follows).
+    """
+    from r1repro.cpu_decode import decode_dropping_finished
+
+    stops = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    generated = decode_dropping_finished(model, prompt_ids, max_new_tokens=config.max_new_tokens,
+                                         stop_token_ids=stops, pad_token_id=config.pad_token_id, processor=sampler)
+    return [ids[:next((k + 1 for k, t in enumerate(ids) if t in stops), len(ids))] for ids in generated]
