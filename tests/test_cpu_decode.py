@@ -153,7 +153,7 @@ def _prompts(shared: int = 0):
     prefix = torch.randint(1, 64, (shared,), generator=rng).tolist()
     prompts = [prefix + torch.randint(1, 64, (n,), generator=rng).tolist() for n in (9, 6, 8, 4, 9, 7)]
     prompts[5] = prompts[2]
-    ids, mask = cpu_decode._left_padded(prompts, 0, torch.device("cpu"))
+    ids, mask = cpu_decode.left_padded(prompts, 0, torch.device("cpu"))
     return prompts, ids, mask
 
 

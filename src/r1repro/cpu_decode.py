@@ -147,8 +147,10 @@ def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     return length
 
 
-def _left_padded(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
+def left_padded(rows: Sequence[Sequence[int]], pad: int, device: torch.device,
+                width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids left-padded to `width` (default: the longest row), and their attention mask."""
+    width = max(len(r) for r in rows) if width is None else width
     ids = [[pad] * (width - len(r)) + list(r) for r in rows]
     mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
     return torch.tensor(ids, device=device), torch.tensor(mask, device=device)
@@ -174,7 +176,7 @@ def prefill_shared(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max
     index = {p: k for k, p in enumerate(unique)}
     which = torch.tensor([index[tuple(p)] for p in prompts], device=device)
     shared = shared_prefix_length(unique)
-    suffix_ids, suffix_mask = _left_padded([p[shared:] for p in unique], pad_token_id, device)
+    suffix_ids, suffix_mask = left_padded([p[shared:] for p in unique], pad_token_id, device)
     cache = StaticCache(config=model.config, max_cache_len=shared + suffix_ids.shape[1] + max_new_tokens)
     if shared:
         model(input_ids=torch.tensor([unique[0][:shared]], device=device),
@@ -225,7 +227,7 @@ def decode_dropping_finished(model: torch.nn.Module, prompts: Sequence[Sequence[
         raise ValueError(f"drop_share: expected a share in (0, 1], got {drop_share}")
     device = model.device
     cache, logits, mask, last_position = prefill_shared(model, prompts, max_new_tokens, pad_token_id, device)
-    sequences, _ = _left_padded(prompts, pad_token_id, device)  # what stop criteria and processors read
+    sequences, _ = left_padded(prompts, pad_token_id, device)  # what stop criteria and processors read
     rows = len(prompts)
     stop_ids = torch.tensor(list(stop_token_ids), dtype=torch.long, device=device)
     in_batch = torch.arange(rows, device=device)  # input row of each batch row

@@ -85,6 +85,8 @@ from transformers import (CompileConfig, GenerationConfig, LogitsProcessor, Stop
                           StopStringCriteria)
 
 from r1repro.config import CommonParams, ConfigError
+from r1repro.cpu_decode import (GROUPED_DECODE, decode_dropping_finished, left_padded, prepack_linear_weights,
+                                register_attention)
 from r1repro.modeling import ensure_pad_token, load_model, load_tokenizer, resolve_device
 from r1repro.rollout import installed_vllm
 from r1repro.stops import StopPolicy
@@ -522,12 +524,8 @@ class TransformersGenerator(EngineLifecycle):
 
     def _pad_left(self, batch: list[_Row]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded input ids and attention mask, so every prompt ends at the last column."""
-        width = self._padded_width(max(len(r.ids) for r in batch))
-        pad = self.tokenizer.pad_token_id
-        ids = [[pad] * (width - len(r.ids)) + r.ids for r in batch]
-        mask = [[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in batch]
-        device = self.model.device
-        return torch.tensor(ids, device=device), torch.tensor(mask, device=device)
+        return left_padded([r.ids for r in batch], self.tokenizer.pad_token_id, self.model.device,
+                           width=self._padded_width(max(len(r.ids) for r in batch)))
 
     @torch.inference_mode()
     def _run_batch(self, batch: list[_Row], temperature: float, top_p: float, max_tokens: int,
@@ -633,7 +631,7 @@ class StaticCacheGenerator(TransformersGenerator):
         return config
 
 
-class FastCpuGenerator(StaticCacheGenerator):
+class FastCpuGenerator(TransformersGenerator):
     """`TransformersGenerator` at the speed a CPU allows (`r1repro.cpu_decode`).
 
     Changes, none to what is computed: batches decode through `decode_dropping_finished` (the
@@ -655,11 +653,9 @@ class FastCpuGenerator(StaticCacheGenerator):
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  batch_size: int = 16, progress: bool = True, owns_weights: bool = False,
                  source: str | None = None):
-        super().__init__(model, tokenizer, batch_size=batch_size, progress=progress, compile=False,
-                         width_multiple=1, owns_weights=owns_weights, source=source)
+        super().__init__(model, tokenizer, batch_size=batch_size, progress=progress,
+                         owns_weights=owns_weights, source=source)
         if owns_weights:
-            from r1repro.cpu_decode import GROUPED_DECODE, prepack_linear_weights, register_attention
-
             register_attention()
             model.set_attn_implementation(GROUPED_DECODE)
             prepack_linear_weights(model, batch_hint=batch_size)
@@ -668,8 +664,6 @@ class FastCpuGenerator(StaticCacheGenerator):
     def _run_batch(self, batch: list[_Row], temperature: float, top_p: float, max_tokens: int,
                    seed: int, stop: list[str] | None, policy: StopPolicy) -> list[Completion]:
         """`TransformersGenerator._run_batch`, decoded by `decode_dropping_finished`."""
-        from r1repro.cpu_decode import decode_dropping_finished
-
         generated = decode_dropping_finished(
             self.model, [r.ids for r in batch], max_new_tokens=max_tokens,
             stop_token_ids=policy.token_ids, pad_token_id=self.tokenizer.pad_token_id,
