@@ -323,9 +323,15 @@ class SftParams(Section):
     checkpoint_dir: str | None = Field(None, description="default: <output_dir>-checkpoints")
     keep_checkpoints: bool = Field(False, description="keep checkpoints after a successful run")
     gradient_checkpointing: bool = Field(False, description="trade compute for memory (large models)")
+    shared_prefix_loss: bool = Field(
+        True, description="run each batch's shared prompt columns once in the training forward "
+        "(r1repro.prefix_scoring; the same loss and gradients, to rounding); one process only")
 
     @model_validator(mode="after")
     def _check(self) -> "SftParams":
+        if self.shared_prefix_loss and self.gradient_checkpointing:
+            raise ValueError("sft.shared_prefix_loss needs sft.gradient_checkpointing off (checkpointed "
+                             "layers drop the shared prefix's KV cache): set one of them to false")
         if self.train_questions.shares_rows_with(self.heldout):
             raise ValueError(f"sft.train_questions and sft.heldout share rows of {self.heldout.source}: "
                              "give them disjoint offset/limit ranges")
@@ -399,6 +405,10 @@ class RlParams(Section):
         "inside one step); None: all prompts_per_step x num_generations at once")
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass (saves GPU memory, ~20% slower)")
+    shared_prefix_scoring: bool = Field(
+        True, description="score each micro-batch's shared prompt prefix once (r1repro.prefix_scoring; "
+        "the same log-probs and gradients as TRL's scorer, to rounding); one process without gradient "
+        "checkpointing only, since checkpointed layers drop a passed KV cache")
     lora: LoraParams = Field(
         LoraParams(dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                 "down_proj"]),
@@ -455,6 +465,9 @@ class RlParams(Section):
         if self.max_steps % self.updates_per_rollout:
             raise ValueError(f"rl.max_steps ({self.max_steps}) must be a multiple of rl.updates_per_rollout "
                              f"({self.updates_per_rollout}): a rollout's mini-batches are all trained on")
+        if self.shared_prefix_scoring and self.gradient_checkpointing:
+            raise ValueError("rl.shared_prefix_scoring needs rl.gradient_checkpointing off (checkpointed "
+                             "layers drop the shared prefix's KV cache): set one of them to false")
         if self.eval_steps and self.heldout is None:
             raise ValueError("rl.eval_steps > 0 needs rl.heldout (the held-out prompts)")
         if self.exploration is not None and self.heldout is None:
@@ -552,6 +565,9 @@ class DistillParams(Section):
     lora: LoraParams = LoraParams()
     eval_sampling: SamplingParams = SamplingParams(max_new_tokens=128)
     save_steps: int = Field(2, ge=1, description="optimizer steps between a student's resumable checkpoints")
+    shared_prefix_loss: bool = Field(
+        True, description="run each batch's shared prompt columns once in the training forward "
+        "(r1repro.prefix_scoring; the same loss and gradients, to rounding); one process only")
 
     @field_validator("students", mode="before")
     @classmethod

@@ -125,6 +125,7 @@ def train_student(label: str, student: str, examples: Sequence[ColdStartExample]
     settings = TrainSettings(epochs=cfg.epochs, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
                              max_length=cfg.max_length, lora=cfg.lora, seed=common.seed,
                              save_steps=cfg.save_steps, bf16=TrainSettings.mixed_precision(common),
+                             shared_prefix=cfg.shared_prefix_loss,
                              report_to=common.report_to)  # train_sft checks that the tracker is installed
     return train_sft(dataset, student, Path(cfg.output_dir) / label, settings, live_dir=live_dir,
                      device=common.device, trust_remote_code=common.trust_remote_code,

@@ -167,10 +167,8 @@ def make_scorer(cfg: RlParams, common: CommonParams, output_dir: str) -> tuple[A
     Returns (trainer, model)."""
     from datasets import Dataset
     from transformers.trainer_utils import SaveStrategy
-    from trl import GRPOTrainer
-
     from r1repro.modeling import lora_config
-    from r1repro.rl import grpo_config, load_policy
+    from r1repro.rl import AutocastRolloutsTrainer, grpo_config, load_policy, shared_prefix_scoring
 
     device, tokenizer, bf16, model = load_policy(cfg, common)  # as the RL runs load it
     first = next(iter(cfg.runs))
@@ -182,9 +180,10 @@ def make_scorer(cfg: RlParams, common: CommonParams, output_dir: str) -> tuple[A
     def unused_reward(completions: list[Any], **kwargs: Any) -> list[float]:
         raise RuntimeError("length_mechanism builds its own advantages; no reward is computed")
 
-    trainer = GRPOTrainer(model=model, reward_funcs=[unused_reward], args=args,
-                          train_dataset=Dataset.from_list([{"prompt": "unused"}]), processing_class=tokenizer,
-                          peft_config=lora_config(cfg.lora))
+    trainer = AutocastRolloutsTrainer(model=model, reward_funcs=[unused_reward], args=args,
+                                      train_dataset=Dataset.from_list([{"prompt": "unused"}]),
+                                      processing_class=tokenizer, peft_config=lora_config(cfg.lora))
+    trainer.shared_prefix_scoring = shared_prefix_scoring(cfg, trainer)  # scored as the runs score
     return trainer, trainer.model
 
 

@@ -344,7 +344,7 @@ def run_fingerprint(cfg: RlParams, run: str, common: CommonParams,
     """
     shared = cfg.model_dump(mode="json", exclude={
         "runs", "max_steps", "save_steps", "heldout", "eval_steps", "eval_limit", "eval_sampling", "output_dir",
-        "gradient_checkpointing", "seeds"})
+        "gradient_checkpointing", "shared_prefix_scoring", "seeds"})  # how, not what, is computed
     chosen = {"rows": io.text_digest(str(r.get("id", r["problem"])) for r in rows)} if rows is not None else {}
     settings = {"run": run, **cfg.runs[run].model_dump(mode="json"), **shared,
                 "seed": common.seed, "dtype": common.dtype, **chosen,
@@ -445,6 +445,44 @@ class AutocastRolloutsTrainer(GRPOTrainer):
     """
 
     decode_rollouts: bool = False
+    shared_prefix_scoring: bool = False  # see `_get_per_token_logps_and_entropies`
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                           batch_size=None, compute_entropy=False, compute_aux_loss=False,
+                                           **multimodal: Any):
+        """TRL's scorer, with each chunk's shared prompt prefix run once (`r1repro.prefix_scoring`)
+        when `shared_prefix_scoring` is set; TRL's own for anything else (images, MoE aux loss)."""
+        if not self.shared_prefix_scoring or compute_aux_loss or any(v is not None for v in multimodal.values()):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal)
+        batch_size = batch_size or input_ids.size(0)
+        logps, entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            ids, mask = input_ids[start:start + batch_size], attention_mask[start:start + batch_size]
+            chunk = self._shared_prefix_chunk(model, ids, mask, logits_to_keep)
+            if chunk is None:  # one row, or no token shared: TRL's forward
+                chunk = super()._get_per_token_logps_and_entropies(model, ids, mask, logits_to_keep,
+                                                                   compute_entropy=compute_entropy)[:2]
+            else:
+                chunk = (chunk.log_probs[:, -logits_to_keep:],
+                         chunk.entropy[:, -logits_to_keep:] if compute_entropy else None)
+            logps.append(chunk[0])
+            entropies.append(chunk[1])
+        return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
+
+    def _shared_prefix_chunk(self, model, input_ids, attention_mask, logits_to_keep):
+        from r1repro.cpu_decode import shared_prefix_length
+        from r1repro.prefix_scoring import plain_cache, prompt_rows, shared_prefix_forward
+
+        prompts = prompt_rows(input_ids, attention_mask, logits_to_keep)
+        shared = shared_prefix_length(prompts) if len(prompts) > 1 else 0
+        cache = plain_cache(model) if shared else None
+        if cache is None:
+            return None
+        with self.accelerator.autocast():
+            return shared_prefix_forward(model, cache, input_ids, attention_mask, logits_to_keep,
+                                         prompts[0][:shared], prompts)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args: Any, **kwargs: Any):
         with self.accelerator.autocast():
@@ -530,10 +568,21 @@ def make_trainer(cfg: RlParams, run: str, common: CommonParams, *,
         callbacks=[*_callbacks(cfg, common, tokenizer, diagnostics, heldout_rows), *callbacks],
     )
     stop_on_end_of_turn(trainer, stops)
+    trainer.shared_prefix_scoring = shared_prefix_scoring(cfg, trainer)
     if rollout.engine == FAST:
         check_sampling(trainer.generation_config)
         trainer.decode_rollouts = True
     return trainer, diagnostics
+
+
+def shared_prefix_scoring(cfg: RlParams, trainer: GRPOTrainer) -> bool:
+    """rl.shared_prefix_scoring where it can run (`prefix_scoring.can_share_prefix`), said when it cannot."""
+    from r1repro.prefix_scoring import can_share_prefix
+
+    if cfg.shared_prefix_scoring and not can_share_prefix(trainer):
+        print("rl.shared_prefix_scoring: off in this run (several processes, DeepSpeed or FSDP); TRL's scorer")
+        return False
+    return cfg.shared_prefix_scoring
 
 
 @contextlib.contextmanager

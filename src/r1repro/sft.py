@@ -166,6 +166,8 @@ class TrainSettings:
         save_steps: optimizer steps between resumable checkpoints.
         bf16: bfloat16 mixed precision (autocast) over float32 weights.
         gradient_checkpointing: recompute activations in the backward pass to save memory.
+        shared_prefix: run each batch's shared prompt columns once (`r1repro.prefix_scoring`; the
+            same loss and gradients, to rounding); off with several processes or gradient checkpointing.
         report_to: experiment tracker the trainer also logs to (common.report_to; "none": dvclive only).
     """
 
@@ -182,6 +184,7 @@ class TrainSettings:
     save_steps: int = 10
     bf16: bool = False
     gradient_checkpointing: bool = False
+    shared_prefix: bool = False
     report_to: str = "none"
 
     @staticmethod
@@ -196,7 +199,8 @@ class TrainSettings:
                    warmup_ratio=cfg.warmup_ratio, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                    max_length=cfg.max_length, lora=cfg.lora, seed=common.seed, save_steps=cfg.save_steps,
                    bf16=cls.mixed_precision(common),
-                   gradient_checkpointing=cfg.gradient_checkpointing, report_to=common.report_to)
+                   gradient_checkpointing=cfg.gradient_checkpointing, shared_prefix=cfg.shared_prefix_loss,
+                   report_to=common.report_to)
 
     def identity(self) -> dict[str, Any]:
         """What changes the weights at a given step: all but the run length, save frequency and tracker.
@@ -207,7 +211,7 @@ class TrainSettings:
         resumed with the same length is unaffected.
         """
         fields = asdict(self)
-        for key in ("epochs", "max_steps", "save_steps", "report_to"):
+        for key in ("epochs", "max_steps", "save_steps", "report_to", "shared_prefix"):  # how, not what
             fields.pop(key)
         fields["lora"] = self.lora.model_dump() if self.lora is not None and self.lora.enabled else None
         return fields
@@ -305,7 +309,7 @@ def build_trainer(dataset: Any, model: str, checkpoint_dir: Path | str, settings
     Returns:
         The trainer; its `train_dataset` holds the tokenized rows with their `labels`.
     """
-    from trl import SFTTrainer
+    from r1repro.prefix_scoring import PrefixOnceSFTTrainer, can_share_prefix
 
     transformers.set_seed(settings.seed)  # before the model exists: LoRA's init draws from it
     target = resolve_device(device)
@@ -313,9 +317,15 @@ def build_trainer(dataset: Any, model: str, checkpoint_dir: Path | str, settings
     policy = load_model(model, dtype=training_weights_dtype(settings.bf16, settings.lora), device=target,
                         trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
-    return SFTTrainer(model=policy, args=_sft_config(Path(checkpoint_dir), settings, target == "cpu", progress),
-                      train_dataset=_as_dataset(dataset), processing_class=tokenizer,
-                      peft_config=lora_config(settings.lora), callbacks=list(callbacks))
+    trainer = PrefixOnceSFTTrainer(
+        model=policy, args=_sft_config(Path(checkpoint_dir), settings, target == "cpu", progress),
+        train_dataset=_as_dataset(dataset), processing_class=tokenizer, peft_config=lora_config(settings.lora),
+        callbacks=list(callbacks))
+    trainer.shared_prefix = settings.shared_prefix and can_share_prefix(trainer)
+    if settings.shared_prefix and not trainer.shared_prefix:
+        print("shared_prefix_loss: off in this run (several processes, DeepSpeed, FSDP or gradient "
+              "checkpointing); TRL's forward")
+    return trainer
 
 
 def _count_truncated(trainer, max_length: int) -> int:
