@@ -126,12 +126,13 @@ def test_gradient_checkpointing_refuses_shared_prefix_scoring():
 
 def test_several_processes_fall_back_to_trls_scorer(tiny_model, tmp_path, monkeypatch, capsys):
     trainer = trainer_for(tiny_model, tmp_path, shared=False)
-    cfg = params(tiny_model, tmp_path)
-    assert rl.shared_prefix_scoring(cfg, trainer)
-    assert not rl.shared_prefix_scoring(cfg.model_copy(update={"shared_prefix_scoring": False}), trainer)
+    setting = "rl.shared_prefix_scoring"
+    assert prefix_scoring.prefix_sharing(trainer, True, setting)
+    assert not prefix_scoring.prefix_sharing(trainer, False, setting)
+    assert capsys.readouterr().out == ""
     monkeypatch.setattr(type(trainer.accelerator), "num_processes", property(lambda self: 2))
-    assert not rl.shared_prefix_scoring(cfg, trainer)
-    assert "TRL's scorer" in capsys.readouterr().out
+    assert not prefix_scoring.prefix_sharing(trainer, True, setting)
+    assert "rl.shared_prefix_scoring: off" in capsys.readouterr().out
 
 
 # --- SFT: the cold start and the distilled students ------------------------------------------------

@@ -536,7 +536,8 @@ class TransformersGenerator(EngineLifecycle):
         output = self.model.generate(
             input_ids=input_ids, attention_mask=attention_mask,
             generation_config=self._generation_config(max_tokens, policy),
-            logits_processor=[] if sampler is None else [sampler], stopping_criteria=self._stopping([*(stop or ()), *policy.strings]),
+            logits_processor=[] if sampler is None else [sampler],
+            stopping_criteria=self._stopping([*(stop or ()), *policy.strings]),
         )
         generated = output[:, input_ids.shape[1]:].tolist()
         return [self._completion(r, ids, stop, policy) for r, ids in zip(batch, generated)]
@@ -667,7 +668,8 @@ class FastCpuGenerator(TransformersGenerator):
         generated = decode_dropping_finished(
             self.model, [r.ids for r in batch], max_new_tokens=max_tokens,
             stop_token_ids=policy.token_ids, pad_token_id=self.tokenizer.pad_token_id,
-            processor=self._sampler(batch, temperature, top_p, seed), stopping=self._stopping([*(stop or ()), *policy.strings]),
+            processor=self._sampler(batch, temperature, top_p, seed),
+            stopping=self._stopping([*(stop or ()), *policy.strings]),
         )
         return [self._completion(r, ids, stop, policy) for r, ids in zip(batch, generated)]
 

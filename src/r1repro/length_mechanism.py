@@ -168,7 +168,8 @@ def make_scorer(cfg: RlParams, common: CommonParams, output_dir: str) -> tuple[A
     from datasets import Dataset
     from transformers.trainer_utils import SaveStrategy
     from r1repro.modeling import lora_config
-    from r1repro.rl import AutocastRolloutsTrainer, grpo_config, load_policy, shared_prefix_scoring
+    from r1repro.prefix_scoring import prefix_sharing
+    from r1repro.rl import AutocastRolloutsTrainer, grpo_config, load_policy
 
     device, tokenizer, bf16, model = load_policy(cfg, common)  # as the RL runs load it
     first = next(iter(cfg.runs))
@@ -183,7 +184,8 @@ def make_scorer(cfg: RlParams, common: CommonParams, output_dir: str) -> tuple[A
     trainer = AutocastRolloutsTrainer(model=model, reward_funcs=[unused_reward], args=args,
                                       train_dataset=Dataset.from_list([{"prompt": "unused"}]),
                                       processing_class=tokenizer, peft_config=lora_config(cfg.lora))
-    trainer.shared_prefix_scoring = shared_prefix_scoring(cfg, trainer)  # scored as the runs score
+    # scored as the runs score
+    trainer.shared_prefix_scoring = prefix_sharing(trainer, cfg.shared_prefix_scoring, "rl.shared_prefix_scoring")
     return trainer, trainer.model
 
 

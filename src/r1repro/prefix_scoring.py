@@ -4,9 +4,9 @@ GRPO scores every completion of a rollout under the policy, and backpropagates t
 prompt and completion together. Within a micro-batch the prompts share most of their tokens: the
 template's system text for every question (95 of ~126 tokens for r1_chat on word_ops; TRL shuffles
 a rollout's completions before cutting it into micro-batches), or the whole prompt where all rows
-answer one question. So the shared prefix runs once at batch 1; its keys and values are broadcast to the rows, each row's
-remaining prompt tokens (left-padded) and completion run after it, and the log-probabilities come
-from TRL's own fused LM head, as in TRL's scorer.
+answer one question. So the shared prefix runs once at batch 1; its keys and values are broadcast to
+the rows, each row's remaining prompt tokens (left-padded) and completion run after it, and the
+log-probabilities come from TRL's own fused LM head, as in TRL's scorer.
 
 Nothing changes in what is computed: the broadcast cache sends each row's gradient back through the
 one prefix forward, so the gradients are the sum TRL's per-row forward gives; positions count each
@@ -18,7 +18,7 @@ SFT (the cold start and the distilled students) gets the same through `PrefixOnc
 TRL's `SFTTrainer` whose one model call in `compute_loss` runs the rows' shared, unscored leading
 columns once (TRL pads SFT rows on the right, so a prefix is the same columns in every row).
 
-Both need one process without gradient checkpointing (`can_share_prefix`): checkpointed layers drop a
+Both need one process without gradient checkpointing (`prefix_sharing`): checkpointed layers drop a
 passed KV cache, and DDP, FSDP and DeepSpeed expect one forward per backward.
 
 Measured (SmolLM2-135M cold-start policy with LoRA, bf16 autocast, 2-core AMD EPYC): a micro-batch
@@ -52,10 +52,15 @@ def plain_cache(model: Any) -> Any:
     return cache if all(type(layer) is DynamicLayer for layer in cache.layers) else None
 
 
-def can_share_prefix(trainer: Any) -> bool:
-    """Whether a trainer's forward may be split in two: one process, no gradient checkpointing."""
-    return not (trainer.accelerator.num_processes > 1 or trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled
-                or trainer.args.gradient_checkpointing)
+def prefix_sharing(trainer: Any, wanted: bool, setting: str) -> bool:
+    """`wanted` (params `setting`) where a trainer's forward may be split in two (one process, no
+    gradient checkpointing); said when it may not, and the trainer then runs TRL's own forward."""
+    if wanted and (trainer.accelerator.num_processes > 1 or trainer.is_deepspeed_enabled
+                   or trainer.is_fsdp_enabled or trainer.args.gradient_checkpointing):
+        print(f"{setting}: off in this run (several processes, DeepSpeed, FSDP or gradient checkpointing); "
+              "TRL's own forward")
+        return False
+    return wanted
 
 
 def _prefix_cache(model: Any, cache: Any, prefix: torch.Tensor, batch: int) -> None:

@@ -79,9 +79,11 @@ from trl import GRPOConfig, GRPOTrainer
 
 from r1repro import io, resumable
 from r1repro.config import CommonParams, ConfigError, RlParams
+from r1repro.cpu_decode import shared_prefix_length
 from r1repro.data import load_subset
 from r1repro.distributed import Launch, per_process
 from r1repro.pipeline import seed_suffix
+from r1repro.prefix_scoring import plain_cache, prefix_sharing, prompt_rows, shared_prefix_forward
 from r1repro.modeling import (bf16_mixed_precision, check_tracker, checkpointing_argument, load_model,
                               load_tokenizer, lora_config, resolve_device, training_weights_dtype)
 from r1repro.rewards import TRUNCATED_TERM, TruncationTest, reward_functions, with_truncated_reward
@@ -472,9 +474,6 @@ class AutocastRolloutsTrainer(GRPOTrainer):
         return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
 
     def _shared_prefix_chunk(self, model, input_ids, attention_mask, logits_to_keep):
-        from r1repro.cpu_decode import shared_prefix_length
-        from r1repro.prefix_scoring import plain_cache, prompt_rows, shared_prefix_forward
-
         prompts = prompt_rows(input_ids, attention_mask, logits_to_keep)
         shared = shared_prefix_length(prompts) if len(prompts) > 1 else 0
         cache = plain_cache(model) if shared else None
@@ -568,21 +567,11 @@ def make_trainer(cfg: RlParams, run: str, common: CommonParams, *,
         callbacks=[*_callbacks(cfg, common, tokenizer, diagnostics, heldout_rows), *callbacks],
     )
     stop_on_end_of_turn(trainer, stops)
-    trainer.shared_prefix_scoring = shared_prefix_scoring(cfg, trainer)
+    trainer.shared_prefix_scoring = prefix_sharing(trainer, cfg.shared_prefix_scoring, "rl.shared_prefix_scoring")
     if rollout.engine == FAST:
         check_sampling(trainer.generation_config)
         trainer.decode_rollouts = True
     return trainer, diagnostics
-
-
-def shared_prefix_scoring(cfg: RlParams, trainer: GRPOTrainer) -> bool:
-    """rl.shared_prefix_scoring where it can run (`prefix_scoring.can_share_prefix`), said when it cannot."""
-    from r1repro.prefix_scoring import can_share_prefix
-
-    if cfg.shared_prefix_scoring and not can_share_prefix(trainer):
-        print("rl.shared_prefix_scoring: off in this run (several processes, DeepSpeed or FSDP); TRL's scorer")
-        return False
-    return cfg.shared_prefix_scoring
 
 
 @contextlib.contextmanager

@@ -309,7 +309,7 @@ def build_trainer(dataset: Any, model: str, checkpoint_dir: Path | str, settings
     Returns:
         The trainer; its `train_dataset` holds the tokenized rows with their `labels`.
     """
-    from r1repro.prefix_scoring import PrefixOnceSFTTrainer, can_share_prefix
+    from r1repro.prefix_scoring import PrefixOnceSFTTrainer, prefix_sharing
 
     transformers.set_seed(settings.seed)  # before the model exists: LoRA's init draws from it
     target = resolve_device(device)
@@ -321,10 +321,8 @@ def build_trainer(dataset: Any, model: str, checkpoint_dir: Path | str, settings
         model=policy, args=_sft_config(Path(checkpoint_dir), settings, target == "cpu", progress),
         train_dataset=_as_dataset(dataset), processing_class=tokenizer, peft_config=lora_config(settings.lora),
         callbacks=list(callbacks))
-    trainer.shared_prefix = settings.shared_prefix and can_share_prefix(trainer)
-    if settings.shared_prefix and not trainer.shared_prefix:
-        print("shared_prefix_loss: off in this run (several processes, DeepSpeed, FSDP or gradient "
-              "checkpointing); TRL's forward")
+    # params sft.shared_prefix_loss or distill.shared_prefix_loss
+    trainer.shared_prefix = prefix_sharing(trainer, settings.shared_prefix, "shared_prefix_loss")
     return trainer
 
 
