@@ -157,6 +157,14 @@ def _prompts(shared: int = 0):
     return prompts, ids, mask
 
 
+def test_length_chunks_group_similar_lengths_longest_first():
+    assert cpu_decode.length_chunks([9, 6, 8, 4, 9]) == [[0, 4, 2, 1], [3]]
+    # 80 and 76 join for want of rows, 39 and 38 are 85% of 40, 30 joins for want of rows, 20 starts anew
+    assert cpu_decode.length_chunks([100, 90, 80, 76, 40, 39, 38, 30, 20]) == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
+    assert cpu_decode.length_chunks([10, 2, 2], min_rows=1) == [[0], [1, 2]]
+    assert cpu_decode.length_chunks([5]) == [[0]]
+
+
 def test_the_shared_prefix_leaves_every_prompt_a_token():
     assert cpu_decode.shared_prefix_length([[1, 2, 3], [1, 2, 4]]) == 2
     assert cpu_decode.shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
@@ -206,8 +214,10 @@ def test_dropping_finished_rows_decodes_what_generate_decodes(sampled, shared):
     assert got == expected.tolist()
     ends = {next((k for k, t in enumerate(row) if t in stops), None) for row in got}
     assert len(ends) >= 2  # rows ended at different steps
-    prefill = sizes.sizes[:2] if shared else sizes.sizes[:1]
-    assert prefill == ([1, 5] if shared else [5])  # the prefix once, each distinct prompt once
+    # the prefix once, then each distinct prompt once: with a prefix, in groups of similar length
+    # (suffixes of 9, 9, 8, 6 and 4 tokens: the 4 runs apart, padded by no forward)
+    prefill = sizes.sizes[:3] if shared else sizes.sizes[:1]
+    assert prefill == ([1, 4, 1] if shared else [5])
     decode = sizes.sizes[len(prefill):]
     assert max(decode) <= 6 and min(decode) < 6  # then rows left the batch
 

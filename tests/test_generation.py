@@ -110,6 +110,50 @@ def test_row_sampler_rows_are_independent_of_batch_mates():
         assert alone(None, logits[1:2]).argmax() == together(None, logits).argmax(-1)[1]
 
 
+def _reference_top_p(logits: torch.Tensor, seed: int, temperature: float, top_p: float, steps: int) -> list[int]:
+    """Top-p sampling the plain way: the whole vocabulary sorted, the nucleus' cumulative mass inverted
+    with the row's own uniforms, drawn as RowSampler draws them (float32 normaliser, float64 mass)."""
+    stream = torch.Generator().manual_seed(seed)
+    scores = logits.float() / temperature
+    sorted_scores, order = scores.sort(descending=True)
+    sorted_probs = (sorted_scores - scores.logsumexp(-1)).double().exp()
+    keep = (sorted_probs.cumsum(-1) - sorted_probs) < top_p
+    cdf = torch.where(keep, sorted_probs, 0.0).cumsum(-1)
+    picks = []
+    for _ in range(steps):
+        u = torch.rand(1, generator=stream, dtype=torch.float64)
+        picks.append(int(order[torch.searchsorted(cdf, u * cdf[-1:], right=True).clamp(max=len(order) - 1)]))
+    return picks
+
+
+def test_row_sampler_equals_a_full_sort_for_small_large_and_near_flat_nuclei():
+    # Each row looks only as deep into the vocabulary as its nucleus needs; the sample must be the
+    # one a full sort gives (continuous logits: no ties, so the order is the sort's).
+    vocab = 5000
+    torch.manual_seed(3)
+    rows = torch.stack([
+        torch.randn(vocab) * 6,                               # a few tokens hold the mass
+        torch.randn(vocab) * 0.5,                             # a nucleus of thousands
+        torch.randn(vocab) * 0.01,                            # near flat: nearly the whole vocabulary
+        torch.cat([torch.tensor([9.0]), torch.randn(vocab - 1) * 0.01]),  # one big token, a flat tail
+    ])
+    sampler = RowSampler([21, 22, 23, 24], temperature=0.7, top_p=0.9)
+    got = [sampler.choose(rows).tolist() for _ in range(30)]
+    for r in range(len(rows)):
+        assert [g[r] for g in got] == _reference_top_p(rows[r], 21 + r, 0.7, 0.9, 30), r
+
+
+def test_row_sampler_ignores_a_flat_batch_mate_with_tied_logits():
+    # A flat batch-mate needs the whole vocabulary sorted; the other rows must still stop at their
+    # own depth, where tied scores (bf16 logits) rank as they do alone, so their samples cannot move.
+    tied = (torch.randn(2000, generator=torch.Generator().manual_seed(5)) * 3).bfloat16().float()
+    alone = RowSampler([11], 0.8, 0.9)
+    together = RowSampler([5, 11, 9], 0.8, 0.9)
+    batch = torch.stack([torch.zeros(2000), tied, torch.zeros(2000)])
+    assert [int(alone.choose(tied[None])[0]) for _ in range(200)] == \
+        [int(together.choose(batch)[1]) for _ in range(200)]
+
+
 def test_unknown_backend():
     with pytest.raises(ConfigError, match="unknown backend 'onnx'.*transformers.*vllm"):
         load_generator("onnx", "models/base")
