@@ -72,7 +72,6 @@ import hashlib
 import itertools
 import json
 import logging
-import math
 import os
 import resource
 import weakref
@@ -386,8 +385,8 @@ class RowSampler(LogitsProcessor):
         A sort of the whole vocabulary costs ~6 ms per row on CPU, and even a top-1024 was half of
         a sampled decode step's overhead at batch 128 (29 of 54 ms, SmolLM2's 49k vocabulary). Most
         nuclei hold a few tokens, so every row starts at its top 64, and a row whose nucleus reaches
-        past them goes on to the first of its top 128, 256, ... or all with room for twice the
-        least size `_pick_in_nucleus` gives it. A row's steps depend on its own scores alone, so a near-flat
+        past them goes on to the first of its top 128, 256, ... or all with room for twice the least
+        size `_pick_in_nucleus` gives it. A row's steps depend on its own scores alone, so a near-flat
         batch-mate changes neither its cost nor its sample.
         """
         vocab = scores.shape[-1]
