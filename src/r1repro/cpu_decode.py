@@ -188,14 +188,14 @@ def _prefill_in_chunks(model: torch.nn.Module, cache: Any, suffixes: Sequence[Se
         the last position's logits (rows, vocab), the attention mask over the filled columns
         (rows, shared + longest) and the positions of the rows' suffix columns.
     """
-    width = max(len(s) for s in suffixes)
-    full_mask = torch.cat([torch.ones(len(suffixes), shared, dtype=torch.long, device=device),
-                           left_padded(suffixes, pad_token_id, device, width)[1]], dim=-1)
+    ids, suffix_mask = left_padded(suffixes, pad_token_id, device)
+    width = ids.shape[1]
+    full_mask = torch.cat([suffix_mask.new_ones(len(suffixes), shared), suffix_mask], dim=-1)
     positions = (full_mask.cumsum(-1) - 1).masked_fill(full_mask == 0, 0)[:, shared:]
     groups = length_chunks([len(s) for s in suffixes]) if shared else [list(range(len(suffixes)))]
     if len(groups) == 1:  # one forward over every row (and the cache's first write when no prefix ran)
-        output = model(input_ids=left_padded(suffixes, pad_token_id, device, width)[0], attention_mask=full_mask,
-                       position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        output = model(input_ids=ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache,
+                       use_cache=True, logits_to_keep=1)
         return output.logits[:, -1, :], full_mask, positions
     logits = None
     whole = [(layer.keys, layer.values) for layer in cache.layers]
@@ -205,8 +205,7 @@ def _prefill_in_chunks(model: torch.nn.Module, cache: Any, suffixes: Sequence[Se
         for layer, (keys, values) in zip(cache.layers, whole):
             layer.keys, layer.values = keys.index_select(0, index), values.index_select(0, index)
             layer.cumulative_length.fill_(shared + width - group_width)  # where this group's columns start
-        ids, mask = left_padded([suffixes[k] for k in rows], pad_token_id, device, group_width)
-        output = model(input_ids=ids, attention_mask=full_mask[index, :shared + width],
+        output = model(input_ids=ids[index, width - group_width:], attention_mask=full_mask[index],
                        position_ids=positions[index, width - group_width:], past_key_values=cache,
                        use_cache=True, logits_to_keep=1)
         for layer, (keys, values) in zip(cache.layers, whole):
