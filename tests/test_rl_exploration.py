@@ -73,3 +73,28 @@ def test_probe_decodes_greedy_once_and_counts_it_k_times() -> None:
     assert [r["sample_index"] for r in greedy] == [0, 1, 2, 3] * 2
     assert {r["response"] for r in greedy if r["question_id"] == "a"} == {"0-0"}
     assert len([r for r in records if r["temperature"] == 1.0]) == 8
+
+
+def test_probe_takes_greedy_answers_from_the_template_records() -> None:
+    rows = [{"id": "a", "problem": "1+1?", "answer": "2"}, {"id": "b", "problem": "2+2?", "answer": "4"}]
+    base = Path(__file__).resolve().parents[1] / "models" / "base"
+    if not (base / "tokenizer.json").is_file():
+        pytest.skip("models/base not imported (make model)")
+    tokenizer = modeling.load_tokenizer(str(base))
+    asked_first = _CountingGenerator()
+    template_recs = probe.template_records(asked_first, tokenizer, "m", rows, ["none", "r1"], 8, seed=0)
+    generator = _CountingGenerator()
+    records = probe.exploration_records(generator, tokenizer, "m", rows, "r1", [0.0, 1.0], k=4, top_p=1.0,
+                                        max_new_tokens=8, seed=0, greedy_records=template_recs)
+    assert generator.asked == [(1.0, 4)]  # T=0 was the template call's request: not decoded again
+    r1_answers = {r["question_id"]: r["response"] for r in template_recs if r["template"] == "r1"}
+    greedy = [r for r in records if r["temperature"] == 0.0]
+    assert {(r["question_id"], r["response"]) for r in greedy} == set(r1_answers.items())
+    assert [r["sample_index"] for r in greedy] == [0, 1, 2, 3] * 2
+    # Another model's records, or records missing a prompt, are not this request: it is decoded.
+    missing_one = [r for r in template_recs if (r["template"], r["question_id"]) != ("r1", "a")]
+    for others in ([{**r, "model": "other"} for r in template_recs], missing_one):
+        generator = _CountingGenerator()
+        probe.exploration_records(generator, tokenizer, "m", rows, "r1", [0.0], k=4, top_p=1.0,
+                                  max_new_tokens=8, seed=0, greedy_records=others)
+        assert generator.asked == [(0.0, 1)]

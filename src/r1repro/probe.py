@@ -19,6 +19,7 @@ from typing import Sequence
 import pandas as pd
 
 from r1repro import grading, metrics, reflection, templates
+from r1repro.generation import Completion
 from r1repro.stops import stop_policy
 
 # A response "attempts an answer" when it commits to one: a boxed/tagged answer, or a phrase that
@@ -70,7 +71,8 @@ def template_records(generator, tokenizer, label: str, rows: Sequence[dict], tem
 
 def exploration_records(generator, tokenizer, label: str, rows: Sequence[dict], template: str,
                         temperatures: Sequence[float], k: int, top_p: float, max_new_tokens: int,
-                        seed: int, *, answer_close: bool = False) -> list[dict]:
+                        seed: int, *, answer_close: bool = False,
+                        greedy_records: Sequence[dict] = ()) -> list[dict]:
     """k sampled responses per question at each temperature, for pass@k curves.
 
     Args:
@@ -79,6 +81,8 @@ def exploration_records(generator, tokenizer, label: str, rows: Sequence[dict], 
         temperatures: sampling temperatures (0 means greedy).
         k: samples per question.
         top_p: nucleus sampling threshold.
+        greedy_records: `template_records` of this model with the same rows, token budget and stops:
+            T=0 takes its answers from them instead of decoding the same request again.
     Returns:
         Ungraded records with `template` and `temperature` fields.
     """
@@ -86,13 +90,24 @@ def exploration_records(generator, tokenizer, label: str, rows: Sequence[dict], 
     stops = stop_policy(template, tokenizer, answer_close=answer_close)
     records = []
     for temperature in temperatures:
+        out = _greedy_answers(greedy_records, label, prompts) if temperature == 0 else None
         # Greedy decoding gives one answer however often it is asked: decode it once, count it k times.
-        out = generator.generate(prompts, n=1 if temperature == 0 else k, temperature=temperature, top_p=top_p,
-                                 max_tokens=max_new_tokens, seed=seed, stop_policy=stops)
+        out = out or generator.generate(prompts, n=1 if temperature == 0 else k, temperature=temperature,
+                                        top_p=top_p, max_tokens=max_new_tokens, seed=seed, stop_policy=stops)
         if temperature == 0:
             out = [[dataclasses.replace(samples[0], sample_index=j) for j in range(k)] for samples in out]
         records += _rows_to_records(label, rows, prompts, out, template=template, temperature=temperature)
     return records
+
+
+def _greedy_answers(records: Sequence[dict], label: str, prompts: Sequence[str]) -> list[list[Completion]] | None:
+    """`label`'s greedy answers to exactly `prompts` among `template_records`' records, as a
+    generator returns them; None unless every prompt has one (then the request is decoded)."""
+    by_prompt = {r["prompt"]: r for r in records if r["model"] == label}
+    if not prompts or any(p not in by_prompt for p in prompts):
+        return None
+    return [[Completion(by_prompt[p]["response"], by_prompt[p]["num_tokens"], by_prompt[p]["finish_reason"], i, 0)]
+            for i, p in enumerate(prompts)]
 
 
 def grade(records: list[dict], workers: int, timeout_s: float) -> list[dict]:
