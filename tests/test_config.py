@@ -32,6 +32,16 @@ def test_shipped_params_and_profiles_validate(repo_root: Path) -> None:
     assert smoke.probe.questions.limit <= default.probe.questions.limit
 
 
+def test_the_seeds2_profile_is_the_default_plus_a_seed(repo_root: Path) -> None:
+    """Its first seed's runs are the default's (the same folders, later stages' teacher included), so
+    its findings differ from the default's by the second seed alone."""
+    default, seeds2 = load_params(repo_root, profile="none"), load_params(repo_root, profile="seeds2")
+    first = default.rl.seeds or [default.common.seed]
+    assert seeds2.rl.seeds[:len(first)] == first and len(set(seeds2.rl.seeds)) > len(first)
+    assert seeds2.model_dump() == default.model_copy(update={"rl": default.rl.model_copy(
+        update={"seeds": seeds2.rl.seeds})}).model_dump()
+
+
 def test_rl_runs_set_both_dr_grpo_knobs(repo_root: Path) -> None:
     runs = load_params(repo_root).rl.runs
     assert (runs["grpo"].loss_type, runs["grpo"].scale_rewards) == ("grpo", "group")
