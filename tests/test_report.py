@@ -256,14 +256,16 @@ def test_the_report_opens_with_the_findings_and_times_every_stage(tmp_path):
     for row in rows:  # every claim with its verdict, as findings.json has it
         assert re.search(rf"^\| {re.escape(row.claim)} \|.*\*\*{re.escape(row.verdict)}\*\* \|$", body, flags=re.M)
     times = section(text, "Stage times")
-    assert table_row(times, pipeline_stage("probe").title)[1:] == ["60", "1.0"]
+    assert table_row(times, pipeline_stage("probe").title)[1:] == ["60", "1.0", "1.5"]
+    assert table_row(times, pipeline_stage("sft").title)[1:] == ["120", "2.0", "n/a"]  # recorded no peak
     assert table_row(times, "Import the base model")[1] == "n/a"  # not in this made-up run
-    assert table_row(times, "**total**")[1] == f"**{60 * (1 + 2 + 3 + 4 + 5)}**"
+    assert table_row(times, "**total**")[1:] == [f"**{60 * (1 + 2 + 3 + 4 + 5)}**", "**15.0**", "**4.5** (largest)"]
     assert "Test CPU, 2 cores" in times and "native bf16 False" in times
 
 
 def _protocol(stage: str, wall_s: float) -> dict:
-    return {"stage": stage, "params": {}, "common": {"seed": 1, "dtype": "float32"}, "libraries": {},
+    peak = {"probe": {"peak_rss_gb": 1.5}, "rl": {"peak_rss_gb": 4.5}}.get(stage, {})
+    return {"stage": stage, "params": {}, "common": {"seed": 1, "dtype": "float32"}, "libraries": {}, **peak,
             "wall_s": wall_s, "hardware": {"cpu_model": "Test CPU", "cpu_count": 2, "torch_threads": 2,
                                            "cpu_native_bf16": False, "cpu_flags": {"avx2": True, "amx_bf16": False}}}
 

@@ -52,15 +52,34 @@ def test_stage_rows_read_wall_time_and_generation(tmp_path: Path) -> None:
     assert rows["rl"]["tokens"] == 4000 and rows["rl"]["tokens_per_s"] == 100.0
     assert rows["probe"]["compute_fraction"] == pytest.approx(100 * roofline.flops_per_token(config, 4) / 1e9)
     assert rows["sft"]["wall_s"] is None and rows["sft"]["tokens_per_s"] is None
+    assert rows["probe"]["peak_rss_gb"] is None  # protocols written before stages recorded it
+
+
+@pytest.mark.parametrize("flags, budget", [
+    ({"amx_bf16": True, "amx_tile": True, "avx512_bf16": True}, 1800),  # the Intel Xeon with AMX
+    ({"amx_bf16": False, "amx_tile": False, "avx512_bf16": True}, 2700),  # the AMD EPYC with avx512_bf16
+    ({"avx512f": True, "avx2": True}, None),  # no native bf16: no budget was set
+])
+def test_the_stage_time_budget_follows_the_cpu(flags: dict, budget: int | None) -> None:
+    assert roofline.stage_time_budget(flags)[0] == budget
 
 
 def test_the_script_prints_the_total_against_the_target(tmp_path: Path, base_model_dir: Path, repo_root: Path) -> None:
-    atomic_write_json(tmp_path / "results" / "sft" / "protocol.json", {"wall_s": 900.0, "common": {}})
-    atomic_write_json(tmp_path / "results" / "eval" / "protocol.json", {"wall_s": 1200.0, "common": {}})
+    atomic_write_json(tmp_path / "results" / "sft" / "protocol.json", {"wall_s": 900.0, "common": {},
+                                                                      "peak_rss_gb": 3.2})
+    atomic_write_json(tmp_path / "results" / "eval" / "protocol.json", {"wall_s": 1200.0, "common": {},
+                                                                       "peak_rss_gb": 8.5})
     out = tmp_path / "bench.json"
     result = subprocess.run([sys.executable, str(repo_root / "bench" / "pipeline.py"), "--results",
                              str(tmp_path / "results"), "--model", str(base_model_dir), "--seconds", "0.1",
                              "--out", str(out)], capture_output=True, text=True, cwd=repo_root)
     assert result.returncode == 0, result.stderr
-    assert "total stage time: 2100 s (35.0 min), over the 1800 s target (ratio 1.17)" in result.stdout
-    assert json.loads(out.read_text())["total_s"] == 2100.0
+    from r1repro.runtime import cpu_info
+
+    budget, budget_for = roofline.stage_time_budget(cpu_info()["cpu_flags"])
+    expected = ("total stage time: 2100 s (35.0 min)" + (f"; {budget_for}" if budget is None else
+                f", {'under' if 2100 <= budget else 'over'} the {budget} s budget for {budget_for}"))
+    assert expected in result.stdout
+    assert "peak memory of the largest process: 8.5 GB, over the 8 GB budget" in result.stdout
+    written = json.loads(out.read_text())
+    assert (written["total_s"], written["budget_s"], written["peak_rss_gb"]) == (2100.0, budget, 8.5)

@@ -73,6 +73,17 @@ def test_successful_notebook_replaces_results(scratch: Path) -> None:
     executed = json.loads((scratch / "results" / "probe" / PROBE_NOTEBOOK).read_text())
     assert any("injected-parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
     assert (scratch / "results" / "probe" / PROBE_NOTEBOOK).with_suffix(".html").is_file()
+    # the control for the test below: a notebook that holds nothing stays well under 1.2 GB
+    assert 0 < json.loads((scratch / "results" / "probe" / "protocol.json").read_text())["peak_rss_gb"] < 1.2
+
+
+def test_the_kernels_peak_memory_is_recorded(scratch: Path) -> None:
+    (scratch / "notebooks" / PROBE_NOTEBOOK).write_text(_notebook(
+        "block = bytearray(b'\\x01') * 1_200_000_000  # 1.2 GB held by the kernel, not the stage's process"))
+    result = _run_stage(scratch)
+    assert result.returncode == 0, result.stderr[-2000:]
+    protocol = json.loads((scratch / "results" / "probe" / "protocol.json").read_text())
+    assert protocol["peak_rss_gb"] >= 1.2 and protocol["wall_s"] > 0
 
 
 def test_params_edited_since_they_were_resolved_stop_the_stage(scratch: Path) -> None:

@@ -408,7 +408,7 @@ def findings_section(results_dir: Path) -> list[str]:
 
 
 def stage_times_section(results_dir: Path) -> list[str]:
-    """How long each stage took (protocol.json `wall_s`) and on what machine."""
+    """How long each stage took (protocol.json `wall_s`), its peak memory (`peak_rss_gb`) and on what machine."""
     from r1repro.pipeline import timed_folders
 
     lines = ["## Stage times", ""]
@@ -416,11 +416,13 @@ def stage_times_section(results_dir: Path) -> list[str]:
                  for s, name in timed_folders().items()}
     rows, total = [], 0.0
     for stage, p in protocols.items():
-        wall = p.get("wall_s")
+        wall, peak = p.get("wall_s"), p.get("peak_rss_gb")
         total += wall or 0.0
         rows.append([pipeline_stage(stage).title, "n/a" if wall is None else f"{wall:.0f}",
-                     "n/a" if wall is None else f"{wall / 60:.1f}"])
-    rows.append(["**total**", f"**{total:.0f}**", f"**{total / 60:.1f}**"])
+                     "n/a" if wall is None else f"{wall / 60:.1f}", "n/a" if peak is None else f"{peak:.1f}"])
+    peaks = [p["peak_rss_gb"] for p in protocols.values() if p.get("peak_rss_gb") is not None]
+    rows.append(["**total**", f"**{total:.0f}**", f"**{total / 60:.1f}**",
+                 f"**{max(peaks):.1f}** (largest)" if peaks else "n/a"])
     hardware = next((p.get("hardware") for p in protocols.values() if p.get("hardware")), None)
     if hardware:
         flags = [f for f, present in (hardware.get("cpu_flags") or {}).items() if present]
@@ -429,10 +431,11 @@ def stage_times_section(results_dir: Path) -> list[str]:
                   + (f", GPU {hardware['gpu']}" if hardware.get("gpu") else "")
                   + f" (flags: {', '.join(flags) or 'none of interest'}). Training dtype "
                   f"`{protocols.get('sft', {}).get('common', {}).get('dtype')}`.", ""]
-    return lines + [md_table(["stage", "wall time (s)", "(min)"], rows), "",
+    return lines + [md_table(["stage", "wall time (s)", "(min)", "peak memory (GB)"], rows), "",
                     "Wall time of each stage from start to its last cell (`wall_s` in its protocol.json; "
-                    "the params and report stages take seconds); `python bench/pipeline.py` sets them beside "
-                    "this machine's roofline."]
+                    "the params and report stages take seconds) and the peak resident memory of its largest "
+                    "process, the notebook's kernel (`peak_rss_gb`); `python bench/pipeline.py` sets them "
+                    "beside this machine's roofline and budgets."]
 
 
 def build_report(results_dir: Path, report_dir: Path | None = None) -> str:

@@ -125,6 +125,23 @@ def decode_roofline(config: dict[str, Any], weights: int, dtype_bytes: int, rows
             "max_tokens_per_s": rows * new_tokens / seconds}
 
 
+# Issue 33's budgets for the CPU default's stage time on 2 cores, by the CPU's native bf16 path (the
+# two kinds of machine these runs get), and its peak memory on either.
+STAGE_TIME_BUDGETS_S = {"amx": 1800, "avx512_bf16": 2700}
+PEAK_RSS_BUDGET_GB = 8.0
+
+
+def stage_time_budget(cpu_flags: dict[str, bool]) -> tuple[int | None, str]:
+    """The stage-time budget for a CPU with these flags (`runtime.cpu_info`'s), and what it is for:
+    AMX (an Intel Xeon here) 1,800 s, avx512_bf16 without AMX (an AMD EPYC here) 2,700 s, and none for
+    a CPU without native bf16 (float32 runs ~2.5x slower; no budget was set for it)."""
+    if cpu_flags.get("amx_bf16") or cpu_flags.get("amx_tile"):
+        return STAGE_TIME_BUDGETS_S["amx"], "2 cores with AMX"
+    if cpu_flags.get("avx512_bf16"):
+        return STAGE_TIME_BUDGETS_S["avx512_bf16"], "2 cores with avx512_bf16, no AMX"
+    return None, "no budget for a CPU without native bf16"
+
+
 def stage_rows(results_dir: Path, model_config: dict[str, Any], machine: dict[str, Any], *,
                context: int = 256, batch: int = 64) -> list[dict[str, Any]]:
     """One row per notebook stage from its protocol.json: wall time, generation, roofline fractions."""
@@ -143,7 +160,8 @@ def stage_rows(results_dir: Path, model_config: dict[str, Any], machine: dict[st
         dtype = dtype if dtype in machine["matmul_gflops"] else "float32"
         rate = tokens / seconds if seconds else None
         row = {"stage": stage, "title": pipeline_stage(stage).title, "wall_s": protocol.get("wall_s"),
-               "tokens": tokens, "generation_s": round(seconds, 1), "tokens_per_s": rate, "dtype": dtype}
+               "peak_rss_gb": protocol.get("peak_rss_gb"), "tokens": tokens, "generation_s": round(seconds, 1),
+               "tokens_per_s": rate, "dtype": dtype}
         if rate:
             flops = rate * flops_per_token(model_config, context)
             moved = rate * bytes_per_token(model_config, context, batch, DTYPE_BYTES[dtype])

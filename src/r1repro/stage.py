@@ -12,6 +12,7 @@ executed notebook is saved there too (and as HTML, for reading without Jupyter).
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import sys
 import time
@@ -69,14 +70,25 @@ def keep_failed_notebook(stage: str, executed: Path, root: Path) -> Path | None:
     return dest
 
 
-def record_wall_time(protocol_path: Path, seconds: float) -> None:
-    """Add the stage's wall time (the whole notebook, from kernel start to its last cell) to its
-    protocol.json, beside the hardware the notebook recorded; written when the notebook wrote none.
+def peak_rss_gb() -> float:
+    """The largest resident set, in GB, of this process and of every child it has waited for (the
+    notebook's kernel, once papermill has shut it down; and what the kernel waited for, such as
+    grading workers): the memory the largest of them held at its peak, not their sum."""
+    kilobytes = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)  # KiB on Linux
+    return round(kilobytes * 1024 / 1e9, 2)
 
-    In protocol.json, not metrics.json: the time differs run to run, the metrics must not.
+
+def record_wall_time(protocol_path: Path, seconds: float, peak_gb: float | None = None) -> None:
+    """Add the stage's wall time (the whole notebook, from kernel start to its last cell) and its
+    peak memory (`peak_rss_gb`) to its protocol.json, beside the hardware the notebook recorded;
+    written when the notebook wrote none.
+
+    In protocol.json, not metrics.json: time and memory differ run to run, the metrics must not.
     """
     record = read_json_or_none(protocol_path) or {}
-    atomic_write_json(protocol_path, {**record, "wall_s": round(seconds, 1)})
+    peak = {} if peak_gb is None else {"peak_rss_gb": peak_gb}
+    atomic_write_json(protocol_path, {**record, "wall_s": round(seconds, 1), **peak})
 
 
 def run_stage(stage: str, root: Path | None = None, html: bool = True) -> Path:
@@ -106,7 +118,7 @@ def run_stage(stage: str, root: Path | None = None, html: bool = True) -> Path:
             raise
         if html:
             _export_html(executed)
-        record_wall_time(tmp / "protocol.json", time.time() - start)
+        record_wall_time(tmp / "protocol.json", time.time() - start, peak_rss_gb())
     print(summary_line(stage, target, time.time() - start))
     return target
 
