@@ -5,7 +5,8 @@ generators produced with the seconds they took), measures this machine in the sa
 in float32 and bfloat16, memory bandwidth of a large copy), and prints per stage: wall time, tokens
 generated, tokens/s, and the fraction of the compute and bandwidth rooflines that generation reached
 (the model's FLOPs and bytes per token from its config.json). The total is the sum of the stages'
-wall times. Everything goes to results/bench/pipeline.json too.
+wall times, set against this kind of CPU's budget, and the largest stage's peak memory against 8 GB
+(`roofline.stage_time_budget`). Everything goes to results/bench/pipeline.json too.
 
     python bench/pipeline.py                      # after `make repro`
     python bench/pipeline.py --results results --model models/base --seconds 2
@@ -21,7 +22,6 @@ from pathlib import Path
 from r1repro import roofline
 from r1repro.io import atomic_write_json
 from r1repro.runtime import cpu_info
-
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
