@@ -21,7 +21,7 @@ from pathlib import Path
 
 from r1repro import roofline
 from r1repro.io import atomic_write_json
-from r1repro.runtime import cpu_info
+from r1repro.cpu import cpu_info
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

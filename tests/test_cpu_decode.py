@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from r1repro import cpu_decode
+from r1repro.cpu import native_bf16_cpu
 from r1repro.generation import FastCpuGenerator, TransformersGenerator, load_generator
 from r1repro import bench
 
@@ -111,7 +112,7 @@ def test_prepacking_leaves_float32_models_alone():
     assert all(type(m) is not cpu_decode._PackedLinear for m in model.modules())
 
 
-@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+@pytest.mark.skipif(not native_bf16_cpu(),
                     reason="this CPU has no native bf16 (AMX or avx512_bf16): nothing is prepacked")
 def test_prepacked_bf16_layers_compute_the_same_logits():
     model = _toy_llama("sdpa").to(torch.bfloat16)

@@ -74,7 +74,7 @@ def test_the_script_prints_the_total_against_the_target(tmp_path: Path, base_mod
                              str(tmp_path / "results"), "--model", str(base_model_dir), "--seconds", "0.1",
                              "--out", str(out)], capture_output=True, text=True, cwd=repo_root)
     assert result.returncode == 0, result.stderr
-    from r1repro.runtime import cpu_info
+    from r1repro.cpu import cpu_info
 
     budget, budget_for = roofline.stage_time_budget(cpu_info()["cpu_flags"])
     expected = ("total stage time: 2100 s (35.0 min)" + (f"; {budget_for}" if budget is None else

@@ -205,7 +205,7 @@ def test_crash_keeps_the_good_model_and_the_rerun_resumes(tiny_model, dataset, t
 def test_bf16_on_a_cpu_without_native_bf16_warns_and_names_the_fix(monkeypatch, caplog):
     from r1repro.modeling import bf16_mixed_precision
 
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr("r1repro.cpu.native_bf16_cpu", lambda: False)
     with caplog.at_level(logging.WARNING, logger="r1repro.modeling"):
         assert bf16_mixed_precision("bfloat16", "cpu") is True
         assert bf16_mixed_precision("float32", "cpu") is False

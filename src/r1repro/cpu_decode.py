@@ -85,9 +85,10 @@ def attention_argument(attention: str) -> dict[str, str]:
 
 def can_prepack(model: torch.nn.Module) -> bool:
     """Whether `prepack_linear_weights` would change `model`: bf16 weights on a CPU with native bf16."""
+    from r1repro.cpu import native_bf16_cpu
+
     param = next(model.parameters())
-    return (param.device.type == "cpu" and param.dtype == torch.bfloat16
-            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+    return param.device.type == "cpu" and param.dtype == torch.bfloat16 and native_bf16_cpu()
 
 
 class _PackedLinear(torch.nn.Module):

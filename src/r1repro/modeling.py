@@ -292,13 +292,16 @@ def check_tracker(name: str) -> None:
 
 def native_bf16(device: str) -> bool:
     """Whether `device` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AMX or
-    avx512_bf16 (oneDNN's check). Elsewhere torch emulates bf16, several times slower than float32
-    (a 2-core AMD EPYC without AVX-512 decoded SmolLM2-135M at 25 tokens/s in bf16, 87 in float32)."""
-    import torch
-
+    avx512_bf16 (`cpu.native_bf16_cpu`). Elsewhere torch emulates bf16, several times slower than
+    float32 (a 2-core AMD EPYC without AVX-512 decoded SmolLM2-135M at 25 tokens/s in bf16, 87 in
+    float32; an Intel Xeon with AVX-512 but no avx512_bf16 prefilled 3x slower in bf16)."""
     if device.startswith("cuda"):
+        import torch
+
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    from r1repro.cpu import native_bf16_cpu
+
+    return native_bf16_cpu()
 
 
 def resolve_dtypes(common: CommonParams) -> CommonParams:

@@ -132,7 +132,7 @@ PEAK_RSS_BUDGET_GB = 8.0
 
 
 def stage_time_budget(cpu_flags: dict[str, bool]) -> tuple[int | None, str]:
-    """The stage-time budget for a CPU with these flags (`runtime.cpu_info`'s), and what it is for:
+    """The stage-time budget for a CPU with these flags (`cpu.cpu_info`'s), and what it is for:
     AMX (an Intel Xeon here) 1,800 s, avx512_bf16 without AMX (an AMD EPYC here) 2,700 s, and none for
     a CPU without native bf16 (float32 runs ~2.5x slower; no budget was set for it)."""
     if cpu_flags.get("amx_bf16") or cpu_flags.get("amx_tile"):

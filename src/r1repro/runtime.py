@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from r1repro.config import CommonParams, repo_root, stage_config
+from r1repro.cpu import cpu_info
 from r1repro.io import atomic_write_json
 from r1repro.modeling import check_tracker, native_bf16, resolve_dtypes
 from r1repro.pipeline import stage as pipeline_stage
@@ -65,25 +66,6 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
-
-
-# CPU features that decide what a 2-core machine can do fast: bf16 matmuls run natively only with
-# AMX or avx512_bf16 (elsewhere torch emulates them, several times slower than float32).
-CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2", "fma")
-
-
-def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
-    """The CPU's model name and which of CPU_FLAGS it has (Linux /proc/cpuinfo; empty elsewhere)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            cpuinfo = ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown")
-    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
-                      if line.startswith("flags")), []))
-    return {"cpu_model": model, "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS}}
 
 
 def hardware() -> dict[str, Any]:

@@ -74,9 +74,28 @@ def peak_rss_gb() -> float:
     """The largest resident set, in GB, of this process and of every child it has waited for (the
     notebook's kernel, once papermill has shut it down; and what the kernel waited for, such as
     grading workers): the memory the largest of them held at its peak, not their sum."""
-    kilobytes = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)  # KiB on Linux
-    return round(kilobytes * 1024 / 1e9, 2)
+    return round(max(_own_peak_kib(), _maxrss_kib(resource.RUSAGE_CHILDREN)) * 1024 / 1e9, 2)
+
+
+def _maxrss_kib(who: int) -> int:
+    maxrss = resource.getrusage(who).ru_maxrss
+    return maxrss // 1024 if sys.platform == "darwin" else maxrss  # bytes on macOS, KiB on Linux
+
+
+def _own_peak_kib() -> int:
+    """This process's peak resident set since it started, in KiB.
+
+    Not RUSAGE_SELF on Linux: exec keeps the high-water mark of the process that forked it, so a
+    stage started from a 7 GB pytest or IDE process would report 7 GB. VmHWM belongs to the memory
+    map exec created. A child forked from this process carries at most this process's resident set
+    into its own count, so the maximum with RUSAGE_CHILDREN is still each process's own peak.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return _maxrss_kib(resource.RUSAGE_SELF)
 
 
 def record_wall_time(protocol_path: Path, seconds: float, peak_gb: float | None = None) -> None:
