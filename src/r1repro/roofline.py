@@ -134,7 +134,8 @@ PEAK_RSS_BUDGET_GB = 8.0
 def stage_time_budget(cpu_flags: dict[str, bool]) -> tuple[int | None, str]:
     """The stage-time budget for a CPU with these flags (`cpu.cpu_info`'s), and what it is for:
     AMX (an Intel Xeon here) 1,800 s, avx512_bf16 without AMX (an AMD EPYC here) 2,700 s, and none for
-    a CPU without native bf16 (float32 runs ~2.5x slower; no budget was set for it)."""
+    a CPU without native bf16, where the pipeline runs in float32 (3,131 s on a 2-core Intel Xeon Ice
+    Lake with avx512f; no budget was set for it)."""
     if cpu_flags.get("amx_bf16") or cpu_flags.get("amx_tile"):
         return STAGE_TIME_BUDGETS_S["amx"], "2 cores with AMX"
     if cpu_flags.get("avx512_bf16"):
