@@ -404,3 +404,12 @@ def test_distill_vs_rl_pairs_on_the_rl_task_when_the_distill_stage_answered_it(t
     assert row.n == 40 and (row.fixed, row.broken) == (flipped.count(False), flipped.count(True))
     assert "40 held-out questions of the generated word_ops task" in row.detail
     assert "RL and distillation both trained on the generated word_ops task" in row.caveat
+
+
+def test_the_mechanism_row_says_when_its_update_ran_in_bf16(tmp_path: Path) -> None:
+    results = make_results(tmp_path)
+    assert "bf16" not in _by_id(findings.build_findings(results, n_boot=200))["length_mechanism"].caveat
+    protocol = json.loads((results / "rl" / "protocol.json").read_text())
+    _write(results / "rl" / "protocol.json", {**protocol, "common": {"dtype": "bfloat16"}})
+    caveat = _by_id(findings.build_findings(results, n_boot=200))["length_mechanism"].caveat
+    assert "bf16 autocast" in caveat and "precision" in caveat

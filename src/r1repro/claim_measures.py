@@ -497,7 +497,17 @@ def length_mechanism(records: Records) -> Measurement | None:
         test="bootstrap over batches (slopes are continuous)",
         caveats=("one update from the cold-start weights on the prompt filter's sampled groups (T of the "
                  "filter), accuracy rewards, the same advantages for both losses: the mechanism of §3.1, "
-                 "not its Figures 5-6",))
+                 "not its Figures 5-6", *_update_precision_caveat(records)))
+
+
+def _update_precision_caveat(records: Records) -> tuple[str, ...]:
+    """Said when the mechanism's update ran in bf16 autocast: on the CPU default the same groups gave a
+    float32 update ~3x the log-prob change and another verdict (LOG.md, 2026-12-07)."""
+    dtype = records.json("rl/protocol.json").get("common", {}).get("dtype")
+    if dtype != "bfloat16":
+        return ()
+    return ("the update ran in bf16 autocast (common.dtype): on the CPU default this row's verdict was seen "
+            "to depend on the update's precision (LOG.md, 2026-12-07)",)
 
 
 def advantage_weight(rewards: Sequence[float], scale_by_std: bool) -> float:
