@@ -91,6 +91,10 @@ class Records:
         """The params a stage ran with, from its protocol.json."""
         return self.json(f"{stage_folder}/protocol.json").get("params", {})
 
+    def common(self, stage_folder: str) -> dict:
+        """The resolved `common` section (seed, dtype, ...) a stage ran with, from its protocol.json."""
+        return self.json(f"{stage_folder}/protocol.json").get("common", {})
+
 
 def _by_question(records: Sequence[dict], value: Callable[[dict], float]) -> dict[str, float]:
     """{question_id: mean of `value` over that question's records}."""
@@ -272,7 +276,7 @@ def sft_readability(records: Records) -> Measurement | None:
 
 def rl_seeds(records: Records) -> list[int]:
     """The RL stage's training seeds: rl.seeds, else the one common.seed its protocol records."""
-    return list(records.params("rl").get("seeds") or [records.json("rl/protocol.json").get("common", {}).get("seed")])
+    return list(records.params("rl").get("seeds") or [records.common("rl").get("seed")])
 
 
 def rl_run_named(records: Records, loss_type: str, scale_rewards: str) -> tuple[str, list[int]] | None:
@@ -503,8 +507,7 @@ def length_mechanism(records: Records) -> Measurement | None:
 def _update_precision_caveat(records: Records) -> tuple[str, ...]:
     """Said when the mechanism's update ran in bf16 autocast: on the CPU default the same groups gave a
     float32 update ~3x the log-prob change and another verdict (LOG.md, 2026-12-07)."""
-    dtype = records.json("rl/protocol.json").get("common", {}).get("dtype")
-    if dtype != "bfloat16":
+    if records.common("rl").get("dtype") != "bfloat16":
         return ()
     return ("the update ran in bf16 autocast (common.dtype): on the CPU default this row's verdict was seen "
             "to depend on the update's precision (LOG.md, 2026-12-07)",)
