@@ -18,6 +18,10 @@ PROFILE ?= none
 # its own venv; the tests of the vllm backend run their vLLM half in it (R1REPRO_VLLM_PYTHON).
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat requirements-vllm.lock pyproject.toml 2>/dev/null | md5sum | cut -c1-12)
+# OpenVINO's exporter (optimum-intel 2.2.0) needs transformers<5.6, so converting a model to OpenVINO IR
+# runs in its own venv (r1repro.openvino_engine); generating with the IR runs in the main venv.
+OPENVINO_VENV ?= .venv-openvino
+OPENVINO_STAMP := $(OPENVINO_VENV)/.installed-$(shell cat requirements-openvino.lock 2>/dev/null | md5sum | cut -c1-12)
 # The JupyterLab browser test (tests/test_lab.py) drives Debian's Chromium through its chromedriver.
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -28,9 +32,10 @@ DRY_VENV ?= .venv-device-dry
 DRY_WHEELS ?= .wheels-cp311
 # Rebuilt when the lock or the image's package list (IMAGE, IMAGE_PROVIDED in bench/device_wheels.py) changes.
 DRY_STAMP := $(DRY_VENV)/.installed-$(shell { cat requirements-gpu.lock; grep -E '^IMAGE(_PROVIDED)? = ' bench/device_wheels.py; } 2>/dev/null | md5sum | cut -c1-12)
-TEST_ENV := R1REPRO_VLLM_PYTHON="$(CURDIR)/$(VLLM_VENV)/bin/python" R1REPRO_REQUIRE_VLLM=1 HF_HUB_OFFLINE=1
+TEST_ENV := R1REPRO_VLLM_PYTHON="$(CURDIR)/$(VLLM_VENV)/bin/python" R1REPRO_REQUIRE_VLLM=1 HF_HUB_OFFLINE=1 \
+	R1REPRO_OPENVINO_EXPORT_PYTHON="$(CURDIR)/$(OPENVINO_VENV)/bin/python"
 
-.PHONY: help venv venv-vllm venv-gpu lock-gpu-check device-wheels device-check-dry data model repro repro-gpu deps chromium test test-fast lab kernel compare strip clean-venv
+.PHONY: help venv venv-vllm venv-openvino venv-gpu lock-gpu-check device-wheels device-check-dry data model repro repro-gpu deps chromium test test-fast lab kernel compare strip clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -63,6 +68,17 @@ $(VLLM_STAMP): requirements-vllm.lock pyproject.toml
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	rm -f $(VLLM_VENV)/.installed-*
+	touch $@
+
+venv-openvino: $(OPENVINO_STAMP) ## create .venv-openvino (optimum-intel, to convert models for common.backend: openvino)
+
+$(OPENVINO_STAMP): requirements-openvino.lock
+	test -x $(OPENVINO_VENV)/bin/python || $(PYTHON) -m venv $(OPENVINO_VENV)
+	$(OPENVINO_VENV)/bin/python -m pip install --quiet --upgrade "pip>=24"
+	$(OPENVINO_VENV)/bin/python -m pip install --quiet -r requirements-openvino.lock
+	# optimum-intel asks for torchvision, whose build fails to import beside torch 2.13.0 (and is not used).
+	$(OPENVINO_VENV)/bin/python -m pip uninstall --quiet -y torchvision
+	rm -f $(OPENVINO_VENV)/.installed-*
 	touch $@
 
 data: venv ## restore data/ (DVC remote, else mirror R1REPRO_DATA_MIRROR or ../shared/datasets, else upstream git pinned in data.dvc) and verify it
@@ -117,7 +133,7 @@ deps: venv ## rewrite each stage's code deps in dvc.yaml from the import graph (
 chromium: ## install Chromium and chromedriver (Debian packages) when missing, for the JupyterLab browser test
 	@test -x $(CHROMIUM) -a -x /usr/bin/chromedriver || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium chromium-driver; }
 
-test: venv venv-vllm data model chromium ## run the test suite (unit tests, vLLM backend, a smoke dvc repro in a temporary copy)
+test: venv venv-vllm venv-openvino data model chromium ## run the test suite (unit tests, vLLM backend, a smoke dvc repro in a temporary copy)
 	$(RUN) $(TEST_ENV) python -m pytest -q
 
 test-fast: venv data model ## the tests without the slow ones

@@ -21,6 +21,9 @@ as in every stage. Every engine is scored on the tokens it generated up to each 
     python bench/rollout.py --model models/base --task-template r1_chat_1shot --prompts 4 --samples 8 \
         --new-tokens 128 --temperature 1.0 --device cpu --backends transformers,transformers_fast
 
+`openvino` (r1repro.openvino_engine) is timed on that workload only; its result also holds the time
+to convert the folder to OpenVINO IR and to open it (conversion_seconds, open_seconds).
+
 Each engine runs the workload --repeats times and is scored on its fastest run: the first run of
 a compiled backend includes compilation (its time is kept as first_seconds). The JSON is rewritten
 after every engine ("complete" false until the last), so a run stopped at its time budget keeps what
@@ -39,7 +42,7 @@ from typing import Any
 
 import torch
 
-from r1repro import bench
+from r1repro import bench, openvino_engine
 from r1repro.io import atomic_write_json
 from r1repro.roofline import DTYPE_BYTES, decode_roofline
 from r1repro.generation import load_generator
@@ -140,6 +143,26 @@ def project_backend(name: str, model: Any, tokenizer: Any, args: argparse.Namesp
                   else {"kv_cache_memory_bytes": 1 << 30, "enforce_eager": True})
         generator = load_generator("vllm", str(folder), dtype=args.dtype, tokenizer=str(folder / "tokenizer"),
                                    max_model_len=args.prompt_tokens + args.new_tokens, **memory)
+    elif name == "openvino":  # converts the folder once (cached by weights digest), then loads the IR
+        if not (args.model and args.task_template):
+            raise ValueError("openvino is timed on --model with --task-template only: it loads the folder "
+                             "with its EOS on, which the random-prompt workloads switch off")
+        start = time.perf_counter()
+        generator = load_generator("openvino", args.model, dtype=args.dtype, batch_size=args.batch_size or rows_of(args),
+                                   cache_dir=str(folder / "openvino"))
+        opened = time.perf_counter() - start
+        stops = {"stop_policy": StopPolicy(token_ids=args.stop_ids)}
+
+        def run_openvino() -> int:
+            rows = generator.generate(prompts, n=args.samples, temperature=args.temperature, top_p=args.top_p,
+                                      max_tokens=args.new_tokens, seed=args.seed, **stops)
+            return sum(c.num_tokens for row in rows for c in row)
+
+        try:
+            return {**timed_runs(run_openvino, args.repeats, device), "open_seconds": opened,
+                    "conversion_seconds": openvino_engine.conversion_seconds(generator.folder)}
+        finally:
+            generator.close()
     elif name == "transformers_fast":  # its own copy: it prepacks the weights it owns
         import copy
 

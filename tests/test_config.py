@@ -42,6 +42,14 @@ def test_the_seeds2_profile_is_the_default_plus_a_seed(repo_root: Path) -> None:
         update={"seeds": seeds2.rl.seeds})}).model_dump()
 
 
+def test_the_openvino_profile_is_the_default_on_another_engine(repo_root: Path) -> None:
+    """Only the fixed-weight engine differs, so its results differ from the default's by the engine alone."""
+    default, openvino = load_params(repo_root, profile="none"), load_params(repo_root, profile="openvino")
+    assert default.common.backend != "openvino" and openvino.common.backend == "openvino"
+    assert openvino.model_dump() == default.model_copy(update={"common": default.common.model_copy(
+        update={"backend": "openvino"})}).model_dump()
+
+
 def test_rl_runs_set_both_dr_grpo_knobs(repo_root: Path) -> None:
     runs = load_params(repo_root).rl.runs
     assert (runs["grpo"].loss_type, runs["grpo"].scale_rewards) == ("grpo", "group")

@@ -49,10 +49,15 @@ def generation_code_digest() -> str:
     return source_digest(*sorted(import_closure({"generation"})))
 
 
-def _library_versions() -> dict[str, str]:
+def _library_versions(backend: str) -> dict[str, str]:
     from importlib import metadata
 
-    return {name: metadata.version(name) for name in GENERATION_LIBRARIES}
+    versions = {name: metadata.version(name) for name in GENERATION_LIBRARIES}
+    if backend == "openvino":  # its engine decides the tokens (the IR also records its exporter's versions)
+        from r1repro.openvino_engine import library_versions
+
+        versions.update(library_versions())
+    return versions
 
 
 def protocol_key(model: str, max_tokens: int, stop: Sequence[str] | None, common: Any,
@@ -70,7 +75,7 @@ def protocol_key(model: str, max_tokens: int, stop: Sequence[str] | None, common
             "stop_policy": stop_policy.as_dict() if stop_policy else None,
             "backend": common.backend, "dtype": common.inference_dtype or common.dtype,
             "device": common.device, "batch_size": common.generation_batch_size,
-            "code": generation_code_digest(), "libraries": _library_versions()}
+            "code": generation_code_digest(), "libraries": _library_versions(common.backend)}
 
 
 def _digest(value: Any) -> str:

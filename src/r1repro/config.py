@@ -100,11 +100,12 @@ class CommonParams(Section):
 
     seed: int = 1234
     backend: Literal["transformers", "transformers_static", "transformers_continuous", "transformers_fast",
-                     "vllm"] = Field(
+                     "openvino", "vllm"] = Field(
         "transformers", description="engine for generation with fixed weights (r1repro.generation): plain "
         "generate, static KV cache + torch.compile, continuous batching, the CPU fast path (grouped decode "
-        "attention, static cache, prepacked bf16 weights), or vLLM, which also runs RL's rollouts (RL "
-        "falls back to transformers where vLLM cannot run)")
+        "attention, static cache, prepacked bf16 weights), OpenVINO GenAI on the CPU (r1repro.openvino_engine; "
+        "RL's rollouts stay in transformers), or vLLM, which also runs RL's rollouts (RL falls back to "
+        "transformers where vLLM cannot run)")
     attention: Literal["sdpa", "eager", "grouped_decode"] = Field(
         "sdpa", description="attention implementation of models being trained (RL's policy: its rollouts "
         "and held-out checks); grouped_decode (r1repro.cpu_decode) is SDPA except in one-token decode "
@@ -126,6 +127,12 @@ class CommonParams(Section):
         None, description="keep greedy answers here, keyed by model weights, prompt and decoding setup, so "
         "a later stage asking the same model the same question reuses them (r1repro.answer_cache); "
         "None: generate every time")
+    openvino_cache_dir: str = Field(
+        ".cache/openvino", description="backend openvino: models converted to OpenVINO IR, one folder per "
+        "weights digest, so an unchanged model converts once (git- and dvc-ignored, like the answer cache)")
+    openvino_kv_cache_gb: float = Field(
+        2.0, ge=1.0, description="backend openvino: memory for its paged KV cache, GB; a call needing more "
+        "is still answered (rows preempted and recomputed), only slower")
     data_dir: str = "data"
     num_processes: int = Field(
         1, ge=1, description="training processes, one per GPU; > 1 runs SFT, RL and distill training "

@@ -14,6 +14,9 @@ Backends sit in a registry chosen by name (`common.backend` in params.yaml):
   ended rows dropped from the batch), with grouped decode attention, a static KV cache and, for
   weights it owns, prepacked bf16 linears; float32 records as `transformers`, bf16 answers agree
   within bf16's own rounding (tests/test_generation_fast.py).
+* `openvino`: OpenVINO GenAI's continuous-batching pipeline on the CPU (`r1repro.openvino_engine`),
+  for fixed weights given as a folder, converted once and cached by weights digest; float32 greedy
+  records as `transformers`; samples from its own random streams.
 * `vllm`: `vllm.LLM`, imported only when asked for. vLLM starts worker processes, so a script that
   uses it must create the generator under `if __name__ == "__main__":`.
 
@@ -583,36 +586,44 @@ class TransformersGenerator(EngineLifecycle):
         return RowSampler([derived_seed(seed, r.prompt_index, r.sample_index) for r in batch], temperature, top_p)
 
     def _completion(self, row: _Row, ids: list[int], stop: list[str] | None, policy: StopPolicy) -> Completion:
-        """Count tokens, cut the text and set finish_reason for one generated row.
+        """One generated row as a Completion (`completion_from_ids`)."""
+        return completion_from_ids(self.tokenizer, ids, row.prompt_index, row.sample_index, stop, policy)
 
-        `generate` fills a row with pad tokens once it has ended; since pad is usually a stop
-        token, the first stop token marks the end either way. A row with none ran to max_tokens.
-        A `stop=` string is cut out of the text; a policy's stop string stays in it.
-        """
-        end = next((k for k, t in enumerate(ids) if t in policy.token_ids), None)
-        body = ids if end is None else ids[:end]
-        num_tokens, reason = (len(ids), "length") if end is None else (end + 1, "stop")
-        text = self.tokenizer.decode(body, skip_special_tokens=True)
-        cut = text_end(text, stop, policy.strings)
-        if cut is not None:
-            strings = [*(stop or ()), *policy.strings]
-            text, num_tokens, reason = text[:cut], self._tokens_to_stop(body, strings), "stop"
-        return Completion(text, num_tokens, reason, row.prompt_index, row.sample_index)
 
-    def _tokens_to_stop(self, ids: list[int], stop: Sequence[str]) -> int:
-        """Fewest leading tokens whose text contains a stop string (binary search on prefixes).
+def completion_from_ids(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], prompt_index: int,
+                        sample_index: int, stop: Sequence[str] | None, policy: StopPolicy) -> Completion:
+    """Count tokens, cut the text and set finish_reason for one generated row (every local backend).
 
-        That token is where generation stopped (or would have); counting it matches vLLM.
-        """
-        low, high = 1, len(ids)
-        while low < high:
-            mid = (low + high) // 2
-            prefix = self.tokenizer.decode(ids[:mid], skip_special_tokens=True)
-            if cut_at_stop(prefix, stop) is None:
-                low = mid + 1
-            else:
-                high = mid
-        return low
+    `generate` fills a row with pad tokens once it has ended; since pad is usually a stop
+    token, the first stop token marks the end either way. A row with none ran to max_tokens.
+    A `stop=` string is cut out of the text; a policy's stop string stays in it.
+    """
+    ids = list(ids)
+    end = next((k for k, t in enumerate(ids) if t in policy.token_ids), None)
+    body = ids if end is None else ids[:end]
+    num_tokens, reason = (len(ids), "length") if end is None else (end + 1, "stop")
+    text = tokenizer.decode(body, skip_special_tokens=True)
+    cut = text_end(text, stop, policy.strings)
+    if cut is not None:
+        strings = [*(stop or ()), *policy.strings]
+        text, num_tokens, reason = text[:cut], tokens_to_stop(tokenizer, body, strings), "stop"
+    return Completion(text, num_tokens, reason, prompt_index, sample_index)
+
+
+def tokens_to_stop(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], stop: Sequence[str]) -> int:
+    """Fewest leading tokens whose text contains a stop string (binary search on prefixes).
+
+    That token is where generation stopped (or would have); counting it matches vLLM.
+    """
+    low, high = 1, len(ids)
+    while low < high:
+        mid = (low + high) // 2
+        prefix = tokenizer.decode(ids[:mid], skip_special_tokens=True)
+        if cut_at_stop(prefix, stop) is None:
+            low = mid + 1
+        else:
+            high = mid
+    return low
 
 
 # --------------------------------------------------------------------------------------------------
@@ -937,6 +948,120 @@ class VllmGenerator(EngineLifecycle):
         return records
 
 
+class OpenVinoGenerator(EngineLifecycle):
+    """`openvino_genai.ContinuousBatchingPipeline` behind the Generator interface (r1repro.openvino_engine
+    says why, and what it keeps of the conventions above).
+
+    Args:
+        model: a local model folder; converted on first use (`converted_model`).
+        dtype: the resolved `common.inference_dtype` ("auto": bf16 where the CPU computes it natively).
+        cache_dir: where conversions are kept (`common.openvino_cache_dir`).
+        kv_cache_gb: memory for the paged KV cache (`common.openvino_kv_cache_gb`); a call needing
+            more is still answered, by OpenVINO preempting and recomputing rows, only slower.
+        max_num_seqs: most sequences decoded at once (`common.generation_batch_size`).
+        threads: CPU threads (default: torch's, which the stages set to the machine's cores).
+        trust_remote_code: passed to the tokenizer.
+    """
+
+    backend = "openvino"
+
+    def __init__(self, model: str, *, dtype: str = "float32", cache_dir: str | Path = ".cache/openvino",
+                 kv_cache_gb: float = 2.0, max_num_seqs: int = 128, threads: int | None = None,
+                 trust_remote_code: bool = False):
+        import openvino_genai
+
+        from r1repro import openvino_engine
+
+        self.precision = openvino_engine.openvino_precision(dtype)
+        self.folder = openvino_engine.converted_model(model, cache_dir)
+        self.tokenizer = ensure_pad_token(load_tokenizer(model, trust_remote_code=trust_remote_code))
+        scheduler = openvino_genai.SchedulerConfig()
+        scheduler.cache_size = max(1, round(kv_cache_gb))
+        scheduler.max_num_seqs = max_num_seqs
+        scheduler.enable_prefix_caching = True
+        properties = {"INFERENCE_PRECISION_HINT": self.precision, "KV_CACHE_PRECISION": self.precision,
+                      "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+        self.pipeline = openvino_genai.ContinuousBatchingPipeline(str(self.folder), scheduler, "CPU", properties)
+        self.properties = properties
+        box = [self.pipeline]  # the finalizer holds the pipeline, not self (EngineLifecycle)
+        self._open_engine(self.backend, str(model), True, release=box.clear)
+
+    def _drop_references(self) -> None:
+        self.pipeline = None
+
+    def generate(self, prompts: list[str], n: int, temperature: float, top_p: float, max_tokens: int,
+                 seed: int, stop: list[str] | None = None,
+                 stop_policy: StopPolicy | None = None) -> list[list[Completion]]:
+        """Sample n responses per prompt; see `Generator.generate`."""
+        from r1repro import openvino_engine
+
+        self._check_open()
+        check_request(prompts, n, temperature, top_p, max_tokens)
+        if not prompts:
+            return []
+        policy = stop_policy or StopPolicy(token_ids=(self.tokenizer.eos_token_id,))
+        cut = [s for s in stop or () if s]
+        greedy = temperature == 0
+        encoded = self.tokenizer(list(prompts))["input_ids"]
+        samples = 1 if greedy else n
+        self._cache_prompts(encoded, whole=samples > 1)
+        requests = [(i, j) for i in range(len(prompts)) for j in range(samples)]
+        configs = [self._config(max_tokens, policy, cut, temperature, top_p, seed, i, j) for i, j in requests]
+        results = self.pipeline.generate([openvino_engine.token_tensor(encoded[i]) for i, _ in requests], configs)
+        rows: list[list[Completion]] = [[] for _ in prompts]
+        for (i, j), result in zip(requests, results):
+            rows[i].append(completion_from_ids(self.tokenizer, result.m_generation_ids[0], i, j, cut, policy))
+        return replicate(rows, n) if greedy else rows
+
+    def _cache_prompts(self, encoded: Sequence[Sequence[int]], whole: bool) -> None:
+        """Put the call's shared prefix (and, with `whole`, every distinct prompt) in the prefix cache.
+
+        Requests scheduled together do not find each other's blocks: each computes its prompt from
+        the start. One request of the common prefix first (a token's decode) lets every row start
+        after it; with several samples per prompt, one of each distinct prompt lets every sample
+        start after its whole prompt (each sample is its own request: see `_config`).
+        """
+        import openvino_genai
+
+        from r1repro import openvino_engine
+
+        config = openvino_genai.GenerationConfig()
+        config.max_new_tokens = 1
+        config.apply_chat_template = False
+        prefix = openvino_engine.whole_blocks(openvino_engine.shared_prefix(encoded))
+        if prefix:
+            self.pipeline.generate([openvino_engine.token_tensor(prefix)], [config])
+        if whole:
+            distinct = [ids for ids in dict.fromkeys(openvino_engine.whole_blocks(ids) for ids in encoded) if len(ids) > len(prefix)]
+            if distinct:
+                self.pipeline.generate([openvino_engine.token_tensor(ids) for ids in distinct], [config] * len(distinct))
+
+    def _config(self, max_tokens: int, policy: StopPolicy, cut: Sequence[str], temperature: float, top_p: float,
+                seed: int, prompt_index: int, sample_index: int) -> Any:
+        """One sample's GenerationConfig: budget, stops, and greedy or sampling seeded by (seed, prompt, sample).
+
+        A request per sample (not `num_return_sequences`): sample j of prompt i then draws from its
+        own stream whatever n and the other prompts are, as in the transformers backends.
+        """
+        import openvino_genai
+
+        config = openvino_genai.GenerationConfig()
+        config.max_new_tokens = max_tokens
+        config.apply_chat_template = False
+        config.eos_token_id = self.tokenizer.eos_token_id
+        config.stop_token_ids = set(policy.token_ids)
+        strings = {*cut, *policy.strings}
+        if strings:
+            config.stop_strings = strings
+            config.include_stop_str_in_output = True  # the text is cut by completion_from_ids, as elsewhere
+        if temperature > 0:
+            config.do_sample = True
+            config.temperature = temperature
+            config.top_p = top_p
+            config.rng_seed = derived_seed(seed, prompt_index, sample_index) % (1 << 32)
+        return config
+
+
 # --------------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------------
@@ -965,12 +1090,27 @@ def _vllm(model: Any, *, dtype: str, device: str, batch_size: int, trust_remote_
                          **kwargs)
 
 
+def _openvino(model: Any, *, dtype: str, device: str, batch_size: int, trust_remote_code: bool,
+              progress: bool = False, **kwargs: Any) -> Generator:
+    """An OpenVINO GenAI generator (`r1repro.openvino_engine`): a folder, on the CPU; batch_size caps the
+    sequences it decodes at once; progress is unused (one call, OpenVINO's own scheduling)."""
+    if not isinstance(model, str):
+        raise ConfigError("the openvino backend converts and loads its own copy of the model: pass a "
+                          "folder (save the model with save_pretrained first), not a model object")
+    if resolve_device(device) != "cpu":
+        raise ConfigError(f"common.device: {device!r}, but the openvino backend runs on the CPU; "
+                          f"set common.backend: vllm or transformers on a GPU")
+    return OpenVinoGenerator(model, dtype=dtype, max_num_seqs=batch_size, trust_remote_code=trust_remote_code,
+                             **kwargs)
+
+
 GENERATORS: dict[str, Callable[..., Generator]] = {
     "transformers": _transformers_variant(TransformersGenerator),
     "transformers_static": _transformers_variant(StaticCacheGenerator),
     "transformers_continuous": _transformers_variant(ContinuousBatchingGenerator),
     "transformers_fast": _transformers_variant(FastCpuGenerator),
     "vllm": _vllm,
+    "openvino": _openvino,
 }
 
 
@@ -1017,7 +1157,7 @@ def load_generator(backend: str, model: str | tuple[PreTrainedModel, PreTrainedT
 
     Args:
         backend: a key of GENERATORS: "transformers", "transformers_static",
-            "transformers_continuous" or "vllm".
+            "transformers_continuous", "transformers_fast", "openvino" or "vllm".
         model: hub id or local folder; for the transformers backends also a loaded
             (model, tokenizer) pair.
         dtype, device, trust_remote_code: see `r1repro.modeling.load_model`.
@@ -1093,6 +1233,9 @@ def generator_for(common: CommonParams, model: Any, **backend_kwargs: Any) -> Ge
                     "(set common.backend: transformers to make this explicit)", reason)
         # vLLM's own options (enforce_eager, max_model_len, ...) mean nothing to transformers.
         backend_kwargs = {k: v for k, v in backend_kwargs.items() if k == "progress"}
+    if backend == "openvino":
+        backend_kwargs = {"cache_dir": common.openvino_cache_dir, "kv_cache_gb": common.openvino_kv_cache_gb,
+                          **backend_kwargs}
     return load_generator(backend, model, dtype=common.inference_dtype or common.dtype,
                           device=common.device, batch_size=common.generation_batch_size,
                           trust_remote_code=common.trust_remote_code, **backend_kwargs)

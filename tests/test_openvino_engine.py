@@ -1,0 +1,172 @@
+"""The openvino backend (r1repro.openvino_engine): the same greedy tokens as transformers in float32,
+seeded samples that depend only on (seed, prompt, sample), stops as every backend keeps them, and a
+conversion cache that converts once and never keeps a failed conversion.
+
+Runs on the embedded SmolLM2-135M (a random tiny model only repeats one token, which would make the
+comparison empty), converted once with the exporter venv (`make venv-openvino`; `make test` sets
+R1REPRO_OPENVINO_EXPORT_PYTHON), on the pipeline's own prompts: word_ops test questions under
+r1_chat_1shot, whose 163 shared tokens are not a whole number of KV-cache blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from r1repro import openvino_engine, synthetic_tasks
+from r1repro.config import CommonParams, ConfigError
+from r1repro.generation import load_generator
+from r1repro.modeling import load_tokenizer
+from r1repro.stops import StopPolicy
+from r1repro.templates import render_prompt
+
+pytestmark = pytest.mark.skipif(
+    not (os.environ.get(openvino_engine.EXPORT_PYTHON_ENV)
+         or (openvino_engine.DEFAULT_EXPORT_VENV / "bin" / "python").is_file()),
+    reason="no OpenVINO exporter venv: run `make venv-openvino` (make test builds it)")
+
+TEMPLATE = "r1_chat_1shot"
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("openvino_cache")
+
+
+@pytest.fixture(scope="module")
+def engine(base_model_dir, cache_dir):
+    with load_generator("openvino", str(base_model_dir), dtype="float32", device="cpu", batch_size=16,
+                        cache_dir=cache_dir) as generator:
+        yield generator
+
+
+@pytest.fixture(scope="module")
+def plain(base_model_dir):
+    with load_generator("transformers", str(base_model_dir), dtype="float32", device="cpu", batch_size=8,
+                        progress=False) as generator:
+        yield generator
+
+
+@pytest.fixture(scope="module")
+def prompts(base_model_dir) -> list[str]:
+    tokenizer = load_tokenizer(str(base_model_dir))
+    rows = synthetic_tasks.generate("word_ops", 1800, 0)[600:606]  # the pipeline's test rows
+    prompts = [render_prompt(TEMPLATE, row["problem"], tokenizer) for row in rows]
+    shared = len(openvino_engine.shared_prefix(tokenizer(prompts)["input_ids"]))
+    assert shared > openvino_engine.BLOCK_TOKENS and shared % openvino_engine.BLOCK_TOKENS, shared
+    return prompts
+
+
+def test_greedy_tokens_equal_transformers_in_float32(engine, plain, prompts):
+    """Token for token, every row, twice (the second call finds its prompts in the prefix cache)."""
+    expected = plain.generate(prompts, n=2, temperature=0.0, top_p=1.0, max_tokens=32, seed=0)
+    for _ in range(2):
+        got = engine.generate(prompts, n=2, temperature=0.0, top_p=1.0, max_tokens=32, seed=0)
+        assert [[(c.text, c.num_tokens, c.finish_reason, c.sample_index) for c in row] for row in got] == \
+            [[(c.text, c.num_tokens, c.finish_reason, c.sample_index) for c in row] for row in expected]
+    assert len({row[0].text for row in got}) == len(prompts)  # real, different answers
+    assert {row[0].finish_reason for row in got} == {"stop", "length"}  # some end at EOS, some at the budget
+
+
+def test_samples_are_seeded_by_prompt_and_sample(engine, prompts):
+    """The same seed gives the same samples; a prompt's samples do not depend on n or the other prompts."""
+    kwargs = dict(temperature=1.0, top_p=0.95, max_tokens=16)
+    first = engine.generate(prompts, n=3, seed=11, **kwargs)
+    again = engine.generate(prompts, n=3, seed=11, **kwargs)
+    fewer = engine.generate(prompts[:2], n=2, seed=11, **kwargs)
+    other = engine.generate(prompts, n=3, seed=12, **kwargs)
+    texts = lambda rows: [[c.text for c in row] for row in rows]  # noqa: E731
+    assert texts(first) == texts(again)
+    assert texts(fewer) == [row[:2] for row in texts(first)[:2]]
+    assert texts(other) != texts(first)
+    assert len({c.text for row in first for c in row}) > len(prompts)  # samples differ within a prompt
+    assert [[(c.prompt_index, c.sample_index) for c in row] for row in first] == \
+        [[(i, j) for j in range(3)] for i in range(len(prompts))]
+
+
+def test_stops_follow_the_policy(engine, plain, prompts):
+    """A kept stop string stays in the text, a stop id ends the row, and tokens count as transformers counts."""
+    tokenizer = engine.tokenizer
+    eos_only = StopPolicy(token_ids=(tokenizer.eos_token_id,))
+    request = openvino_engine.token_tensor(tokenizer(prompts[0])["input_ids"])
+    config = engine._config(24, eos_only, [], 0.0, 1.0, seed=0, prompt_index=0, sample_index=0)
+    ids = list(engine.pipeline.generate([request], [config])[0].m_generation_ids[0])  # the row's own tokens
+    stop_id = ids[5]
+    word = tokenizer.decode(ids[8:10])
+    for policy in (StopPolicy(token_ids=(tokenizer.eos_token_id, stop_id)),
+                   StopPolicy(token_ids=(tokenizer.eos_token_id,), strings=(word,))):
+        want = plain.generate(prompts[:2], n=1, temperature=0.0, top_p=1.0, max_tokens=24, seed=0,
+                              stop_policy=policy)
+        got = engine.generate(prompts[:2], n=1, temperature=0.0, top_p=1.0, max_tokens=24, seed=0,
+                              stop_policy=policy)
+        assert [(c.text, c.num_tokens, c.finish_reason) for (c,) in got] == \
+            [(c.text, c.num_tokens, c.finish_reason) for (c,) in want]
+        assert got[0][0].finish_reason == "stop" and got[0][0].num_tokens < 24
+    assert got[0][0].text.endswith(word)
+
+
+def test_conversion_is_cached_by_weights(engine, base_model_dir, tiny_model, cache_dir, monkeypatch, tmp_path):
+    """An unchanged model is never converted again; changed weights are another model."""
+    from r1repro.io import weights_digest
+
+    record = json.loads((engine.folder / openvino_engine.DONE_FILE).read_text())
+    assert engine.folder == cache_dir / weights_digest(base_model_dir).split(":")[1]
+    assert record["weights"] == weights_digest(base_model_dir) and record["exporter"]["optimum-intel"]
+
+    def no_exporter() -> str:
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(openvino_engine, "export_python", no_exporter)
+    assert openvino_engine.converted_model(base_model_dir, cache_dir) == engine.folder
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_model, changed)
+    config = json.loads((changed / "config.json").read_text())
+    config["rms_norm_eps"] = config.get("rms_norm_eps", 1e-5) * 2
+    (changed / "config.json").write_text(json.dumps(config))
+    with pytest.raises(AssertionError, match="converted again"):
+        openvino_engine.converted_model(changed, cache_dir)
+
+
+def test_failed_conversion_keeps_nothing(tiny_model, tmp_path):
+    """The exporter's failure is an error with its output; the cache holds no folder for the model."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "config.json").write_text(json.dumps({"model_type": "no_such_architecture"}))
+    cache = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match="converting .* to OpenVINO IR failed"):
+        openvino_engine.converted_model(broken, cache)
+    assert list(cache.iterdir()) == []
+
+
+def test_clear_errors(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv(openvino_engine.EXPORT_PYTHON_ENV, str(tmp_path / "nowhere" / "python"))
+    with pytest.raises(ConfigError, match="make venv-openvino"):
+        openvino_engine.converted_model(tiny_model, tmp_path / "cache")
+    with pytest.raises(ConfigError, match="not one"):
+        openvino_engine.converted_model("HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path / "cache")
+    with pytest.raises(ConfigError, match="model object"):
+        load_generator("openvino", (object(), object()), device="cpu")
+    with pytest.raises(ConfigError, match="inference_dtype"):
+        openvino_engine.openvino_precision("int8")
+
+
+def test_shared_prefix_and_whole_blocks():
+    assert openvino_engine.shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == [1, 2]
+    assert openvino_engine.shared_prefix([[7, 8]]) == [7, 8]
+    assert openvino_engine.shared_prefix([]) == []
+    block = openvino_engine.BLOCK_TOKENS
+    assert openvino_engine.whole_blocks(list(range(2 * block + 5))) == tuple(range(2 * block))
+    assert openvino_engine.whole_blocks(list(range(block - 1))) == ()
+
+
+def test_answer_cache_key_names_the_engine(tiny_model):
+    from r1repro.answer_cache import protocol_key
+
+    ov = protocol_key(str(tiny_model), 16, None, CommonParams(backend="openvino", dtype="float32"))
+    tf = protocol_key(str(tiny_model), 16, None, CommonParams(backend="transformers_fast", dtype="float32"))
+    assert ov["backend"] == "openvino" and {"openvino", "openvino-genai"} <= set(ov["libraries"])
+    assert "openvino" not in tf["libraries"]
