@@ -8,6 +8,8 @@ onto TRL's own generation options:
 * `transformers_continuous`: TRL's `use_transformers_continuous_batching` (`model.generate_batch`).
 * `transformers`, `transformers_static`: TRL's plain `model.generate`. TRL turns torch.compile off
   for its own generation, so a static cache alone would buy nothing there.
+* `openvino`: serves fixed weights only (it converts a saved model), so the policy decodes its own
+  rollouts as under `transformers_fast`, while the stages' fixed-weight generation uses OpenVINO.
 * `transformers_fast`: the policy decodes its own rollouts (`decode_rollouts`, through
   `r1repro.cpu_decode.decode_dropping_finished`) in place of TRL's `model.generate`: each distinct
   prompt token is computed once (a rollout is prompts_per_step prompts x num_generations samples
@@ -59,6 +61,7 @@ VLLM = "vllm"
 CONTINUOUS = "transformers_continuous"
 PLAIN = "transformers"
 FAST = "transformers_fast"
+OPENVINO = "openvino"
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,9 @@ def choose_rollout(backend: str, device: str,
     """
     if backend in (CONTINUOUS, FAST, PLAIN):
         return RolloutChoice(backend, backend)
+    if backend == OPENVINO:
+        return RolloutChoice(backend, FAST, "openvino generates from a converted copy of fixed weights, so "
+                             "the policy decodes its own rollouts (transformers_fast's loop, exactly on-policy)")
     if backend != VLLM:
         return RolloutChoice(backend, PLAIN, f"TRL generates without torch.compile, so {backend} runs as "
                              "plain generate in RL")
