@@ -20,7 +20,7 @@ What travels (`CARRIED`), and what deliberately does not:
 * not pyarrow (`IMAGE_PROVIDED`): its wheel alone is 52 MiB and the image has one; `check` reports
   whether its version meets what datasets asks for;
 * not vllm (`NOT_CARRIED`): gigabytes with its CUDA torch; the device check times the backends that
-  run without it and says it is absent.
+  run without it and says it is absent. Nor OpenVINO: a CPU engine, never used on a GPU.
 """
 
 from __future__ import annotations
@@ -47,7 +47,10 @@ IMAGE = ("torch", "transformers", "accelerate", "peft")
 # Used from the image although outside IMAGE's dependencies: too large to carry.
 IMAGE_PROVIDED = {"pyarrow": "52 MiB wheel, over the budget with the rest; the image has pyarrow"}
 # Imported by the bench scripts only when installed.
-NOT_CARRIED = {"vllm": "GPU build with its CUDA torch and kernels: gigabytes"}
+NOT_CARRIED = {"vllm": "GPU build with its CUDA torch and kernels: gigabytes",
+               # CPU-only engine (common.backend: openvino); the GPU profiles generate with vLLM
+               "openvino": "CPU-only engine (backend openvino), unused on a GPU",
+               "openvino-genai": "CPU-only engine (backend openvino), unused on a GPU"}
 
 # Closure roots: TRL's GRPO and the datasets it trains from; r1repro.config (pydantic),
 # r1repro.grading (math-verify), r1repro.evaluation and rl_diagnostics (pandas).
