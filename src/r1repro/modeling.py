@@ -223,8 +223,7 @@ def load_model(name_or_path: str, dtype: str = "float32", device: str = "auto",
     from transformers import AutoModelForCausalLM
 
     target = resolve_device(device)
-    if dtype == "auto":
-        dtype = "bfloat16" if native_bf16(target) else "float32"
+    dtype = resolved_dtype(dtype, target)
     if dtype not in DTYPES:
         raise ConfigError(f"common.dtype: unknown dtype {dtype!r}; expected one of {DTYPES} or auto")
     source = check_source(name_or_path)
@@ -304,6 +303,13 @@ def native_bf16(device: str) -> bool:
     return native_bf16_cpu()
 
 
+def resolved_dtype(dtype: str, device: str) -> str:
+    """`dtype` with auto replaced: bfloat16 where `device` computes it natively (`native_bf16`), else float32."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if native_bf16(device) else "float32"
+
+
 def resolve_dtypes(common: CommonParams) -> CommonParams:
     """`common` with `dtype: auto` and `inference_dtype: auto` replaced by what this machine runs fast.
 
@@ -313,7 +319,7 @@ def resolve_dtypes(common: CommonParams) -> CommonParams:
     """
     if "auto" not in (common.dtype, common.inference_dtype):
         return common
-    chosen = "bfloat16" if native_bf16(resolve_device(common.device)) else "float32"
+    chosen = resolved_dtype("auto", resolve_device(common.device))
     update = {key: chosen for key in ("dtype", "inference_dtype") if getattr(common, key) == "auto"}
     return common.model_copy(update=update)
 

@@ -38,7 +38,7 @@ What it keeps of the project's conventions, and where it differs:
   that every row's prefill finds it cached (without this, a batch of 64 distinct prompts scheduled
   together computed the template 64 times: 26.2 s against 12.8 s).
 
-    gen = load_generator("openvino", "models/sft", dtype="float32", openvino_cache_dir=".cache/openvino")
+    gen = load_generator("openvino", "models/sft", dtype="float32", cache_dir=".cache/openvino")
     rows = gen.generate(prompts, n=4, temperature=0.6, top_p=0.95, max_tokens=256, seed=1234,
                         stop_policy=stops)
 """
@@ -49,7 +49,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -162,10 +161,9 @@ def whole_blocks(ids: Sequence[int]) -> tuple[int, ...]:
 
 def openvino_precision(dtype: str) -> str:
     """OpenVINO's name for a resolved `common.inference_dtype`."""
-    if dtype == "auto":
-        from r1repro.modeling import native_bf16
+    from r1repro.modeling import resolved_dtype
 
-        dtype = "bfloat16" if native_bf16("cpu") else "float32"
+    dtype = resolved_dtype(dtype, "cpu")
     if dtype not in PRECISIONS:
         raise ConfigError(f"common.inference_dtype: {dtype!r} has no OpenVINO precision; "
                           f"expected one of {sorted(PRECISIONS)}")
