@@ -1,6 +1,7 @@
 """The openvino backend (r1repro.openvino_engine): the same greedy tokens as transformers in float32,
 seeded samples that depend only on (seed, prompt, sample), stops as every backend keeps them, and a
-conversion cache that converts once and never keeps a failed conversion.
+conversion cache that converts once and never keeps a failed conversion, and other weights of a graph
+already converted put into its constants (the same IR as the exporter's, without tracing again).
 
 Runs on the embedded SmolLM2-135M (a random tiny model only repeats one token, which would make the
 comparison empty), converted once with the exporter venv (`make venv-openvino`; `make test` sets
@@ -129,6 +130,94 @@ def test_conversion_is_cached_by_weights(engine, base_model_dir, tiny_model, cac
     (changed / "config.json").write_text(json.dumps(config))
     with pytest.raises(AssertionError, match="converted again"):
         openvino_engine.converted_model(changed, cache_dir)
+
+
+@pytest.fixture(scope="module")
+def perturbed_model(base_model_dir, tmp_path_factory) -> Path:
+    """The base model with every weight changed a little: the same graph, other answers."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("perturbed")
+    for path in base_model_dir.iterdir():
+        if path.is_file() and path.suffix != ".safetensors":
+            shutil.copy(path, folder / path.name)
+    generator = torch.Generator().manual_seed(0)
+    weights = load_file(base_model_dir / "model.safetensors")
+    save_file({name: (value.float() * (1 + 0.05 * torch.randn(value.shape, generator=generator))).contiguous()
+               for name, value in weights.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def test_other_weights_go_into_the_converted_graph(engine, plain, prompts, perturbed_model, cache_dir,
+                                                   monkeypatch):
+    """A model of the base's graph is not traced again, and its IR generates its own answers, token for
+    token those of transformers on its weights."""
+    def no_exporter() -> str:
+        raise AssertionError("traced again")
+
+    monkeypatch.setattr(openvino_engine, "export_python", no_exporter)
+    assert (engine.folder / openvino_engine.WEIGHT_MAP_FILE).is_file()
+    with load_generator("openvino", str(perturbed_model), dtype="float32", device="cpu", batch_size=16,
+                        cache_dir=cache_dir) as other, \
+            load_generator("transformers", str(perturbed_model), dtype="float32", device="cpu", batch_size=8,
+                           progress=False) as reference:
+        record = json.loads((other.folder / openvino_engine.DONE_FILE).read_text())
+        assert record["weights_put_into"] == engine.folder.name and other.folder != engine.folder
+        kwargs = dict(n=1, temperature=0.0, top_p=1.0, max_tokens=24, seed=0)
+        got = [c.text for (c,) in other.generate(prompts, **kwargs)]
+        assert got == [c.text for (c,) in reference.generate(prompts, **kwargs)]
+    assert got != [c.text for (c,) in plain.generate(prompts, **kwargs)]  # the weights did change
+
+
+@pytest.mark.slow
+def test_weights_put_into_a_graph_give_the_exporters_ir(engine, perturbed_model, cache_dir, tmp_path):
+    """Byte for byte: the weights file written into the base's graph is the one the exporter writes."""
+    put = openvino_engine.converted_model(perturbed_model, cache_dir)
+    traced = openvino_engine.converted_model(perturbed_model, tmp_path / "fresh_cache")
+    assert "weights_put_into" in json.loads((put / openvino_engine.DONE_FILE).read_text())
+    assert "weights_put_into" not in json.loads((traced / openvino_engine.DONE_FILE).read_text())
+    assert (put / "openvino_model.bin").read_bytes() == (traced / "openvino_model.bin").read_bytes()
+
+
+def test_weight_map_matches_constants_to_tensors_one_to_one():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    tensors = {"a.weight": rng.standard_normal((4, 8), dtype=np.float32),
+               "norm.weight": rng.standard_normal(8, dtype=np.float32)}
+    constants = {"self.a.weight": tensors["a.weight"], "Constant_7": tensors["norm.weight"].reshape(1, 1, 8),
+                 "Constant_9": np.ones(3, dtype=np.float32)}  # a small constant of the graph itself
+    assert openvino_engine.weight_map(constants, tensors) == {"self.a.weight": "a.weight",
+                                                              "Constant_7": "norm.weight"}
+    twins = {**tensors, "b.weight": tensors["a.weight"].copy()}  # equal values: told apart by name only
+    assert openvino_engine.weight_map({**constants, "self.b.weight": twins["b.weight"]}, twins) == \
+        {"self.a.weight": "a.weight", "self.b.weight": "b.weight", "Constant_7": "norm.weight"}
+    ones = {**tensors, "norm2.weight": tensors["norm.weight"].copy()}
+    assert openvino_engine.weight_map({**constants, "Constant_8": ones["norm2.weight"]}, ones) is None
+    assert openvino_engine.weight_map({"self.a.weight": tensors["a.weight"]}, tensors) is None  # norm lost
+    folded = {**constants, "Constant_10": tensors["a.weight"].T.copy()}  # a weight in another form
+    assert openvino_engine.weight_map(folded, tensors) is None
+
+
+def test_graph_key_ignores_only_what_does_not_reach_the_graph(tiny_model, tmp_path):
+    def variant(name: str, change) -> str:
+        folder = tmp_path / name
+        shutil.copytree(tiny_model, folder)
+        change(folder)
+        return openvino_engine.graph_key(folder)
+
+    def set_config(**fields):
+        def change(folder: Path) -> None:
+            config = json.loads((folder / "config.json").read_text())
+            (folder / "config.json").write_text(json.dumps({**config, **fields}))
+        return change
+
+    base = openvino_engine.graph_key(tiny_model)
+    assert variant("neutral", set_config(use_cache=False, transformers_version="0")) == base
+    assert variant("records", lambda f: (f / "r1repro_training.json").write_text("{}")) == base
+    assert variant("eps", set_config(rms_norm_eps=0.5)) != base
+    assert variant("tokenizer", lambda f: (f / "tokenizer_config.json").write_text("{}")) != base
 
 
 def test_failed_conversion_keeps_nothing(tiny_model, tmp_path):
