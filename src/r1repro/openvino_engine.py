@@ -260,20 +260,59 @@ def reusable_conversion(source: Path, cache_dir: str | Path) -> Path | None:
 
 def put_weights_into(template: Path, source: Path, staging: Path) -> None:
     """Writes `template`'s IR with `source`'s weights in its constants, and its other files, to `staging`."""
+    import openvino as ov
+
+    copy_conversion_files(template, staging)
+    model = ov.Core().read_model(template / "openvino_model.xml")
+    replace_constants(float_constants(model), json.loads((template / WEIGHT_MAP_FILE).read_text()),
+                      weight_tensors(source))
+    ov.save_model(model, staging / "openvino_model.xml", compress_to_fp16=False)
+
+
+def copy_conversion_files(template: Path, destination: Path) -> None:
+    """A conversion's files but its graph, weights and records (tokenizer IR, configs) into `destination`."""
+    left = {"openvino_model.xml", "openvino_model.bin", DONE_FILE, WEIGHT_MAP_FILE}
+    shutil.copytree(template, destination, ignore=lambda _, names: [n for n in names if n in left],
+                    dirs_exist_ok=True)
+
+
+def replace_constants(constants: dict[str, Any], mapping: dict[str, str], tensors: dict[str, Any]) -> None:
+    """Puts each mapped tensor (numpy, float32) into its constant's place in the graph.
+
+    `constants` (`float_constants` of the graph) is updated to the new nodes, so a later call can
+    replace them again (RL's rollout engine does, every step).
+
+    Raises:
+        ValueError: a tensor the map names is missing (the weights are of another model).
+    """
     import numpy as np
     import openvino as ov
 
-    kept = {"openvino_model.xml", "openvino_model.bin", DONE_FILE, WEIGHT_MAP_FILE}
-    shutil.copytree(template, staging, ignore=lambda _, names: [n for n in names if n in kept])
-    model = ov.Core().read_model(template / "openvino_model.xml")
-    constants = float_constants(model)
-    tensors = weight_tensors(source)
-    for name, tensor_name in json.loads((template / WEIGHT_MAP_FILE).read_text()).items():
+    missing = sorted(set(mapping.values()) - set(tensors))
+    if missing:
+        raise ValueError(f"the weights lack {len(missing)} tensors of the converted graph, e.g. {missing[:3]}")
+    for name, tensor_name in mapping.items():
         old = constants[name]
-        new = ov.op.Constant(np.ascontiguousarray(tensors[tensor_name].reshape(tuple(old.get_output_shape(0)))))
+        shape = tuple(old.get_output_shape(0))
+        new = ov.op.Constant(np.ascontiguousarray(tensors[tensor_name], dtype=np.float32).reshape(shape))
         new.set_friendly_name(name)
         old.output(0).replace(new.output(0))
-    ov.save_model(model, staging / "openvino_model.xml", compress_to_fp16=False)
+        constants[name] = new
+
+
+def weights_template(model: str | Path, cache_dir: str | Path) -> Path:
+    """The conversion of `model`'s graph whose constants can take other weights (converting if needed).
+
+    Raises:
+        ConfigError: the graph's constants do not map one to one to the model's tensors (`weight_map`).
+    """
+    converted_model(model, cache_dir)
+    template = reusable_conversion(Path(model), cache_dir)
+    if template is None:
+        raise ConfigError(f"the OpenVINO conversion of {model} has no one-to-one map from its constants to "
+                          f"the model's tensors (two tensors with equal values?), so other weights cannot be "
+                          f"put into it; set common.backend: transformers_fast")
+    return template
 
 
 def export_versions(python: str) -> dict[str, str]:

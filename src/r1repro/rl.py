@@ -68,6 +68,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,7 @@ from r1repro.rl_diagnostics import COMPLETIONS_FILE, DIAGNOSTICS_FILE, Diagnosti
 from r1repro.rl_diagnostics import curves_frame, heldout_frame, late_means  # noqa: F401
 from r1repro.rl_heldout import HeldoutEval
 from r1repro.stops import StopPolicy, is_truncated, stop_policy_for, trl_generation_kwargs
-from r1repro.rollout import FAST, RolloutChoice, announce, check_sampling, choose_rollout
+from r1repro.rollout import FAST, OPENVINO, RolloutChoice, announce, check_sampling, choose_rollout
 from r1repro.templates import render_prompt
 
 CHECKPOINTS, FINAL = "checkpoints", "final"
@@ -448,6 +449,7 @@ class AutocastRolloutsTrainer(GRPOTrainer):
 
     decode_rollouts: bool = False
     shared_prefix_scoring: bool = False  # see `_get_per_token_logps_and_entropies`
+    openvino_rollouts: Any = None  # r1repro.openvino_rollouts.OpenVinoRollouts: decodes instead of the policy
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
                                            batch_size=None, compute_entropy=False, compute_aux_loss=False,
@@ -504,7 +506,28 @@ class AutocastRolloutsTrainer(GRPOTrainer):
                                          generation_kwargs=self.generation_kwargs,
                                          gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
                                          ) as policy, torch.no_grad():
+            if self.openvino_rollouts is not None:
+                return self._openvino_rollouts(policy, prompt_ids, seeds)
             return decode_rollouts(policy, prompt_ids, self.generation_config, sampler)
+
+    def _openvino_rollouts(self, policy: Any, prompt_ids: list[list[int]], seeds: list[int]) -> list[list[int]]:
+        """This rollout decoded by OpenVINO from the policy's current weights, with the sync's and the
+        decode's seconds and the engine/policy log-prob check in the step's logs."""
+        from r1repro.openvino_rollouts import LOGPROB_CHECK_ROWS, logprob_check, merged_weights
+
+        engine, config = self.openvino_rollouts, self.generation_config
+        metrics = self._metrics["train"]
+        metrics["rollout/sync_s"].append(engine.sync(merged_weights(policy)))
+        start = time.perf_counter()
+        stops = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+        rollouts = engine.generate(prompt_ids, seeds, temperature=config.temperature, top_p=config.top_p or 1.0,
+                                   max_new_tokens=config.max_new_tokens, stop_token_ids=stops)
+        metrics["rollout/generate_s"].append(time.perf_counter() - start)
+        checked = logprob_check(policy, prompt_ids, rollouts, LOGPROB_CHECK_ROWS, config.temperature,
+                                config.top_p or 1.0)
+        for key, value in checked.items():
+            metrics[f"rollout/{key}"].append(value)
+        return [rollout.ids for rollout in rollouts]
 
 
 def load_policy(cfg: RlParams, common: CommonParams) -> tuple[str, Any, bool, Any]:
@@ -568,9 +591,16 @@ def make_trainer(cfg: RlParams, run: str, common: CommonParams, *,
     )
     stop_on_end_of_turn(trainer, stops)
     trainer.shared_prefix_scoring = prefix_sharing(trainer, cfg.shared_prefix_scoring, "rl.shared_prefix_scoring")
-    if rollout.engine == FAST:
+    if rollout.engine in (FAST, OPENVINO):
         check_sampling(trainer.generation_config)
         trainer.decode_rollouts = True
+    if rollout.engine == OPENVINO:
+        from r1repro.openvino_rollouts import OpenVinoRollouts
+
+        # The engine computes in the precision the policy samples in (its autocast when bf16 is mixed in).
+        trainer.openvino_rollouts = OpenVinoRollouts(
+            cfg.init_model, dtype="bfloat16" if bf16 else "float32", cache_dir=common.openvino_cache_dir,
+            kv_cache_gb=common.openvino_kv_cache_gb, trust_remote_code=common.trust_remote_code)
     return trainer, diagnostics
 
 
@@ -672,8 +702,12 @@ def _train(cfg: RlParams, run: str, common: CommonParams, resume: Path | str | N
         `local`, the diagnostics callback.
     """
     trainer, diagnostics = make_trainer(cfg, run, common, **trainer_args)
-    with compact_lm_head_scoring(enabled=trainer.args.device.type == "cpu"):
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    try:
+        with compact_lm_head_scoring(enabled=trainer.args.device.type == "cpu"):
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        if trainer.openvino_rollouts is not None:
+            trainer.openvino_rollouts.close()
     step = trainer.state.global_step
     return resumable.Trained(trainer, fields={"global_step": step}, record={**record, "global_step": step},
                              local=diagnostics)

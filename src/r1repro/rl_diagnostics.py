@@ -42,6 +42,13 @@ TRL_KEYS = {
     "frac_reward_zero_std": "trl_frac_reward_zero_std", "completions/mean_length": "trl_mean_length",
     "completions/clipped_ratio": "trl_clipped_ratio",
 }
+# Logged by the openvino rollout engine only (r1repro.openvino_rollouts); kept in a row when present.
+ROLLOUT_KEYS = {
+    "rollout/sync_s": "rollout_sync_s", "rollout/generate_s": "rollout_generate_s",
+    "rollout/logprob_gap_per_token": "engine_logprob_gap_per_token",
+    "rollout/importance_ratio_min": "engine_importance_ratio_min",
+    "rollout/importance_ratio_max": "engine_importance_ratio_max",
+}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -277,6 +284,7 @@ class Diagnostics(TrainerCallback):
             return
         row = step_row(state.global_step, rollouts, self.weights, self.num_generations)
         row |= {ours: (logs or {}).get(theirs) for theirs, ours in TRL_KEYS.items()}
+        row |= {ours: logs[theirs] for theirs, ours in ROLLOUT_KEYS.items() if theirs in (logs or {})}
         row |= {"step_time_s": self._times[1] - self._times[0], **self._heldout.pop(state.global_step, {})}
         warn_if_no_signal(row, self.run)
         self._emit(row, self._example_group(state.global_step, rollouts))
