@@ -118,6 +118,16 @@ def test_a_grpo_step_samples_with_openvino_and_logs_the_check(policy_dir, cache_
     assert not list(cache_dir.glob(".rollouts-*"))  # the engine's IR folder is gone
 
 
+def test_a_conversion_cached_without_a_map_gets_one(policy_dir, tmp_path):
+    """Conversions cached before weight maps were kept still serve as the rollout engine's graph."""
+    cache = tmp_path / "cache"
+    folder = openvino_engine.converted_model(policy_dir, cache)
+    (folder / openvino_engine.WEIGHT_MAP_FILE).unlink()
+    shutil.rmtree(cache / openvino_engine.GRAPHS_DIR)
+    assert openvino_engine.weights_template(policy_dir, cache) == folder
+    assert (folder / openvino_engine.WEIGHT_MAP_FILE).is_file()
+
+
 def test_a_graph_without_a_one_to_one_map_is_a_clear_error(tiny_model, tmp_path):
     """A fresh model's norm weights are all ones: which constant holds which cannot be told."""
     with pytest.raises(ConfigError, match="one-to-one map.*transformers_fast"):

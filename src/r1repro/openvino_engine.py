@@ -306,8 +306,11 @@ def weights_template(model: str | Path, cache_dir: str | Path) -> Path:
     Raises:
         ConfigError: the graph's constants do not map one to one to the model's tensors (`weight_map`).
     """
-    converted_model(model, cache_dir)
+    folder = converted_model(model, cache_dir)
     template = reusable_conversion(Path(model), cache_dir)
+    if template is None and "weights_put_into" not in json.loads((folder / DONE_FILE).read_text()):
+        keep_weight_map(folder, Path(model), cache_dir)  # a conversion cached before maps were kept
+        template = reusable_conversion(Path(model), cache_dir)
     if template is None:
         raise ConfigError(f"the OpenVINO conversion of {model} has no one-to-one map from its constants to "
                           f"the model's tensors (two tensors with equal values?), so other weights cannot be "
