@@ -243,6 +243,20 @@ def test_clear_errors(tiny_model, tmp_path, monkeypatch):
         openvino_engine.openvino_precision("int8")
 
 
+def test_work_folders_of_killed_processes_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True).stdout.strip()
+    stale, live = tmp_path / f".rollouts-ab_1-{ended}", tmp_path / f".converting-0f-{os.getpid()}"
+    kept = [live, tmp_path / "0123abcd", tmp_path / ".rollouts-no-pid"]
+    for folder in (stale, *kept):
+        folder.mkdir()
+    openvino_engine.remove_stale_folders(tmp_path)
+    assert not stale.exists() and all(folder.exists() for folder in kept)
+
+
 def test_shared_prefix_and_whole_blocks():
     assert openvino_engine.shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == [1, 2]
     assert openvino_engine.shared_prefix([[7, 8]]) == [7, 8]

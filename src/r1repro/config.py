@@ -104,7 +104,7 @@ class CommonParams(Section):
         "transformers", description="engine for generation with fixed weights (r1repro.generation): plain "
         "generate, static KV cache + torch.compile, continuous batching, the CPU fast path (grouped decode "
         "attention, static cache, prepacked bf16 weights), OpenVINO GenAI on the CPU (r1repro.openvino_engine; "
-        "RL's rollouts stay in transformers), or vLLM, which also runs RL's rollouts (RL falls back to "
+        "RL's rollouts too, the policy's weights put into it each step: r1repro.openvino_rollouts), or vLLM, which also runs RL's rollouts (RL falls back to "
         "transformers where vLLM cannot run)")
     attention: Literal["sdpa", "eager", "grouped_decode"] = Field(
         "sdpa", description="attention implementation of models being trained (RL's policy: its rollouts "

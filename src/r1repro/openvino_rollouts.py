@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -76,7 +77,9 @@ class OpenVinoRollouts:
         self.graph = ov.Core().read_model(template / "openvino_model.xml")
         self.constants = openvino_engine.float_constants(self.graph)
         self.mapping = json.loads((template / openvino_engine.WEIGHT_MAP_FILE).read_text())
-        self.folder = Path(tempfile.mkdtemp(prefix=".rollouts-", dir=cache_dir))
+        # Named .rollouts-<random>-<pid>: a killed run's folder goes when the next engine starts.
+        openvino_engine.remove_stale_folders(cache_dir)
+        self.folder = Path(tempfile.mkdtemp(prefix=".rollouts-", suffix=f"-{os.getpid()}", dir=cache_dir))
         openvino_engine.copy_conversion_files(template, self.folder)
         self.options = {"dtype": dtype, "kv_cache_gb": kv_cache_gb, "max_num_seqs": max_num_seqs,
                         "trust_remote_code": trust_remote_code}
