@@ -160,6 +160,9 @@ def logprob_check(policy: Any, prompt_ids: Sequence[Sequence[int]], rollouts: Se
     """The policy's log-probability of the first `rows` rollouts under the sampling distribution
     (temperature, then top-p, by transformers' own logits warpers) against the engine's.
 
+    The policy is scored as TRL holds it during the step (train mode: a LoRA dropout above 0 would
+    show here as a gap; the CPU default's is 0).
+
     Returns:
         logprob_gap_per_token: mean over rows of |policy - engine| / tokens (nats);
         importance_ratio_min, importance_ratio_max: exp(policy - engine) per sequence (0 where the
