@@ -1015,6 +1015,23 @@ class OpenVinoGenerator(EngineLifecycle):
             rows[i].append(completion_from_ids(self.tokenizer, result.m_generation_ids[0], i, j, cut, policy))
         return replicate(rows, n) if greedy else rows
 
+    def sample_ids(self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], *, temperature: float,
+                   top_p: float, max_tokens: int, stop_token_ids: Sequence[int]) -> list[tuple[list[int], float]]:
+        """One sample per row of token ids, row i from its own stream seeded by `seeds[i]` (RL's rollouts).
+
+        Returns:
+            Each row's generated ids and OpenVINO's log-probability of them under the distribution it
+            sampled from (temperature applied, top-p's nucleus renormalised).
+        """
+        from r1repro import openvino_engine
+
+        self._check_open()
+        policy = StopPolicy(token_ids=tuple(stop_token_ids))
+        self._cache_prompts(prompt_ids, whole=True)  # a prompt's samples share its cached blocks
+        configs = [self._config(max_tokens, policy, [], temperature, top_p, seed, 0, 0) for seed in seeds]
+        results = self.pipeline.generate([openvino_engine.token_tensor(ids) for ids in prompt_ids], configs)
+        return [(list(result.m_generation_ids[0]), float(result.m_scores[0])) for result in results]
+
     def _cache_prompts(self, encoded: Sequence[Sequence[int]], whole: bool) -> None:
         """Put the call's shared prefix (and, with `whole`, every distinct prompt) in the prefix cache.
 

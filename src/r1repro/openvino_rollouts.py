@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from r1repro import openvino_engine
-from r1repro.stops import StopPolicy
+from r1repro.rollout import through_first_stop
 
 # Completions a rollout scores with the policy to compare with the engine's log-probs: a forward of
 # 2 sequences costs ~0.3 s on 2 CPU cores, all 32 of a step ~12 s.
@@ -85,7 +85,6 @@ class OpenVinoRollouts:
                         "trust_remote_code": trust_remote_code}
         self.init_model = init_model
         self.generator: Any = None
-        self.sync_seconds = 0.0
 
     def sync(self, weights: Mapping[str, torch.Tensor]) -> float:
         """Put `weights` (names as in the model's safetensors) into the engine; returns the seconds taken."""
@@ -100,8 +99,7 @@ class OpenVinoRollouts:
         openvino_engine.replace_constants(self.constants, self.mapping, tensors)
         ov.save_model(self.graph, self.folder / "openvino_model.xml", compress_to_fp16=False)
         self.generator = OpenVinoGenerator(self.init_model, ir_folder=self.folder, **self.options)
-        self.sync_seconds = time.perf_counter() - start
-        return self.sync_seconds
+        return time.perf_counter() - start
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], *, temperature: float,
                  top_p: float, max_new_tokens: int, stop_token_ids: Sequence[int]) -> list[Rollout]:
@@ -112,17 +110,9 @@ class OpenVinoRollouts:
         """
         if self.generator is None:
             raise RuntimeError("OpenVinoRollouts.generate before sync: the engine holds no policy weights yet")
-        engine = self.generator
-        policy = StopPolicy(token_ids=tuple(stop_token_ids))
-        engine._cache_prompts(prompt_ids, whole=True)  # a prompt's samples share its cached blocks
-        configs = [engine._config(max_new_tokens, policy, [], temperature, top_p, seed, 0, 0) for seed in seeds]
-        results = engine.pipeline.generate([openvino_engine.token_tensor(ids) for ids in prompt_ids], configs)
-        rollouts = []
-        for result in results:
-            ids = list(result.m_generation_ids[0])
-            end = next((k + 1 for k, token in enumerate(ids) if token in policy.token_ids), len(ids))
-            rollouts.append(Rollout(ids[:end], float(result.m_scores[0])))
-        return rollouts
+        rows = self.generator.sample_ids(prompt_ids, seeds, temperature=temperature, top_p=top_p,
+                                         max_tokens=max_new_tokens, stop_token_ids=stop_token_ids)
+        return [Rollout(through_first_stop(ids, stop_token_ids), logprob) for ids, logprob in rows]
 
     def _close_generator(self) -> None:
         if self.generator is not None:

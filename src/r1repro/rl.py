@@ -500,7 +500,6 @@ class AutocastRolloutsTrainer(GRPOTrainer):
 
         seeds = [derived_seed(self.args.seed, self.state.global_step, self.accelerator.process_index, row)
                  for row in range(len(prompt_ids))]
-        sampler = RowSampler(seeds, self.generation_config.temperature, self.generation_config.top_p or 1.0)
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
                                          gather_deepspeed3_params=self.args.ds3_gather_for_generation,
                                          generation_kwargs=self.generation_kwargs,
@@ -508,20 +507,21 @@ class AutocastRolloutsTrainer(GRPOTrainer):
                                          ) as policy, torch.no_grad():
             if self.openvino_rollouts is not None:
                 return self._openvino_rollouts(policy, prompt_ids, seeds)
+            sampler = RowSampler(seeds, self.generation_config.temperature, self.generation_config.top_p or 1.0)
             return decode_rollouts(policy, prompt_ids, self.generation_config, sampler)
 
     def _openvino_rollouts(self, policy: Any, prompt_ids: list[list[int]], seeds: list[int]) -> list[list[int]]:
         """This rollout decoded by OpenVINO from the policy's current weights, with the sync's and the
         decode's seconds and the engine/policy log-prob check in the step's logs."""
         from r1repro.openvino_rollouts import LOGPROB_CHECK_ROWS, logprob_check, merged_weights
+        from r1repro.rollout import stop_ids
 
         engine, config = self.openvino_rollouts, self.generation_config
         metrics = self._metrics["train"]
         metrics["rollout/sync_s"].append(engine.sync(merged_weights(policy)))
         start = time.perf_counter()
-        stops = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
         rollouts = engine.generate(prompt_ids, seeds, temperature=config.temperature, top_p=config.top_p or 1.0,
-                                   max_new_tokens=config.max_new_tokens, stop_token_ids=stops)
+                                   max_new_tokens=config.max_new_tokens, stop_token_ids=stop_ids(config))
         metrics["rollout/generate_s"].append(time.perf_counter() - start)
         checked = logprob_check(policy, prompt_ids, rollouts, LOGPROB_CHECK_ROWS, config.temperature,
                                 config.top_p or 1.0)

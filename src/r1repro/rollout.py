@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from typing import Any
@@ -216,7 +216,17 @@ def decode_rollouts(model: Any, prompt_ids: list[list[int]], config: Any, sample
     """
     from r1repro.cpu_decode import decode_dropping_finished
 
-    stops = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    stops = stop_ids(config)
     generated = decode_dropping_finished(model, prompt_ids, max_new_tokens=config.max_new_tokens,
                                          stop_token_ids=stops, pad_token_id=config.pad_token_id, processor=sampler)
-    return [ids[:next((k + 1 for k, t in enumerate(ids) if t in stops), len(ids))] for ids in generated]
+    return [through_first_stop(ids, stops) for ids in generated]
+
+
+def stop_ids(config: Any) -> list[int]:
+    """The token ids a rollout GenerationConfig stops at (its eos_token_id, one id or a list)."""
+    return config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+
+
+def through_first_stop(ids: Sequence[int], stops: Sequence[int]) -> list[int]:
+    """A completion up to and including its first stop token (TRL masks what follows); all of it if none."""
+    return list(ids[:next((k + 1 for k, t in enumerate(ids) if t in stops), len(ids))])
