@@ -91,6 +91,8 @@ model: venv data ## import the embedded base model into models/base (safetensors
 # PROFILE=none runs here and writes the committed results/ and dvc.lock. Any other profile runs the same
 # steps in a git-ignored copy, runs/$(PROFILE)/ (r1repro.profile_run), so that the tree stays clean.
 repro: venv data ## run the whole pipeline on the embedded CPU default (dvc repro; PROFILE=NAME: in runs/NAME/)
+	# common.backend openvino (e.g. PROFILE=openvino) converts models with optimum-intel, in a venv of its own.
+	if [ "$$($(RUN) python -m r1repro.config backend $(PROFILE))" = openvino ]; then $(MAKE) venv-openvino; fi
 ifeq ($(PROFILE),none)
 	$(RUN) python -m r1repro.config use none
 	$(RUN) python -m r1repro.config check

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from r1repro import prerequisites as pre
-from r1repro.config import merged_params, validate
+from r1repro.config import load_params, merged_params, validate
 from r1repro.prerequisites import DriverQueryError, HubAnswer, Result
 
 # ---------------------------------------------------------------------------------------------------
@@ -343,6 +343,41 @@ def test_main_reads_a_params_file_and_refuses_bad_ones(repo_root: Path, tmp_path
     assert pre.main(["--profile", str(resolved)]) == 2
     assert pre.main(["--profile", "no-such-profile"]) == 2
     assert "common.device" in capsys.readouterr().err
+
+
+def test_the_openvino_backend_needs_its_exporter(repo_root: Path, tmp_path: Path, monkeypatch) -> None:
+    from r1repro import openvino_engine
+
+    params = load_params(repo_root, profile="none")
+    openvino = params.model_copy(update={"common": params.common.model_copy(update={"backend": "openvino"})})
+    other = params.model_copy(update={"common": params.common.model_copy(update={"backend": "transformers"})})
+    assert pre.check_openvino_exporter(other).status == "skip"
+    exporter = tmp_path / "python"
+    exporter.write_text("")
+    monkeypatch.setenv(openvino_engine.EXPORT_PYTHON_ENV, str(exporter))
+    found = pre.check_openvino_exporter(openvino)
+    assert found.status == "ok" and found.detail == str(exporter)
+    monkeypatch.setenv(openvino_engine.EXPORT_PYTHON_ENV, str(tmp_path / "missing"))
+    missing = pre.check_openvino_exporter(openvino)
+    assert missing.status == "fail" and "make venv-openvino" in missing.detail
+
+
+def test_make_repro_builds_the_exporter_for_the_openvino_backend(repo_root: Path, capsys) -> None:
+    """A profile whose backend is openvino converts with optimum-intel, so `make repro` builds its venv
+    before the run; the others (the CPU default, a GPU machine) do not need it."""
+    from r1repro import config
+
+    assert config.main(["backend", "openvino"]) == 0 and capsys.readouterr().out.strip() == "openvino"
+    assert config.main(["backend", "none"]) == 0 and capsys.readouterr().out.strip() == "transformers_fast"
+    assert config.main(["backend", "gpu"]) == 0 and capsys.readouterr().out.strip() == "vllm"
+    assert config.main(["backend", "no-such-profile"]) == 2
+    makefile = (repo_root / "Makefile").read_text()
+    recipe = [line.strip() for line in makefile.split("\nrepro:", 1)[1].split("\n\n", 1)[0].splitlines()[1:]]
+    builds = [i for i, line in enumerate(recipe)
+              if "python -m r1repro.config backend $(PROFILE)" in line and "= openvino" in line
+              and "$(MAKE) venv-openvino" in line]
+    assert builds and builds[0] < recipe.index("$(RUN) dvc repro") \
+        and builds[0] < recipe.index("$(RUN) python -m r1repro.profile_run $(PROFILE)")
 
 
 def test_make_repro_checks_prerequisites_before_dvc_repro(repo_root: Path) -> None:

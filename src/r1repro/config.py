@@ -952,7 +952,8 @@ def stage_config(stage: str, common: dict | None = None, section: dict | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`check` validates; `use PROFILE` picks the active profile; `resolve` writes results/params.yaml."""
+    """`check` validates; `use PROFILE` picks the active profile; `backend PROFILE` prints its
+    common.backend; `resolve` writes results/params.yaml."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv == ["check"]:
@@ -964,6 +965,9 @@ def main(argv: list[str] | None = None) -> int:
             name = active_profile()
             print(f"{ACTIVE_PROFILE_FILE}: " + (f"profile {name}" if name else "removed (profile none)"))
             return 0
+        if argv[:1] == ["backend"] and len(argv) == 2:  # `make repro` builds the venv this backend needs
+            print(load_params(profile=argv[1]).common.backend)
+            return 0
         if argv == ["resolve"]:
             write_resolved()
             print(f"{RESOLVED_FILE}: {PARAMS_FILE} (profile: {active_profile() or 'none'})")
@@ -974,7 +978,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # e.g. a full disk while writing (the previous file is left as it was)
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print("usage: python -m r1repro.config check | use PROFILE|none | resolve", file=sys.stderr)
+    print("usage: python -m r1repro.config check | use PROFILE|none | backend PROFILE|none | resolve",
+          file=sys.stderr)
     return 2
 
 
