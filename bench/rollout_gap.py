@@ -33,6 +33,7 @@ from r1repro.generation import RowSampler, derived_seed
 from r1repro.io import atomic_write_json
 from r1repro.openvino_rollouts import OpenVinoRollouts, Rollout, logprob_check, merged_weights
 from r1repro.rollout import through_first_stop
+from r1repro.stops import stop_policy_for
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,9 +66,11 @@ class RecordingSampler:
         self.alive = [self.alive[k] for k in rows]
 
 
-def gap_summary(policy: Any, prompt_ids: list[list[int]], rollouts: list[Rollout], temperature: float) -> dict:
-    """`logprob_check` on every row, as mean/max gap per token and the spread of the sequence ratio."""
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+def gap_summary(policy: Any, prompt_ids: list[list[int]], rollouts: list[Rollout], temperature: float,
+                bf16: bool) -> dict:
+    """`logprob_check` on every row, as mean/max gap per token and the spread of the sequence ratio; the
+    policy scores in the precision RL trains in (bf16 autocast where the CPU has it)."""
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         checks = [logprob_check(policy, [ids], [rollout], 1, temperature, 1.0)
                   for ids, rollout in zip(prompt_ids, rollouts)]
     gaps = [c["logprob_gap_per_token"] for c in checks if "logprob_gap_per_token" in c]
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         text = templates.render_prompt(cfg.template, row["problem"], tokenizer)
         prompt_ids += [tokenizer.encode(text, add_special_tokens=False)] * cfg.num_generations
     seeds = [derived_seed(common.seed, 0, 0, row) for row in range(len(prompt_ids))]
-    stops = [tokenizer.eos_token_id]
+    stops = list(stop_policy_for(common, cfg.template, tokenizer).token_ids)  # where RL's rollouts end
     budget, temperature = cfg.max_completion_length, cfg.temperature
     report: dict[str, Any] = {"model": cfg.init_model, "rows": len(prompt_ids), "temperature": temperature,
                               "max_new_tokens": budget, "policy_weights": str(next(policy.parameters()).dtype),
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for row, ids in enumerate(decoded):
         ids = through_first_stop(ids, stops)
         own.append(Rollout(ids, sum(recorder.logprobs[row][:len(ids)])))
-    report["engines"]["transformers_fast"] = gap_summary(policy, prompt_ids, own, temperature)
+    report["engines"]["transformers_fast"] = gap_summary(policy, prompt_ids, own, temperature, bf16)
     for dtype in [d for d in args.openvino_dtypes.split(",") if d]:
         engine = OpenVinoRollouts(cfg.init_model, dtype=dtype, cache_dir=common.openvino_cache_dir)
         try:
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                        max_new_tokens=budget, stop_token_ids=stops)
         finally:
             engine.close()
-        report["engines"][f"openvino_{dtype}"] = gap_summary(policy, prompt_ids, rollouts, temperature)
+        report["engines"][f"openvino_{dtype}"] = gap_summary(policy, prompt_ids, rollouts, temperature, bf16)
     for name, summary in report["engines"].items():
         print(f"{name:22s} gap {summary['gap_per_token_mean']:.4f} nats/token (max {summary['gap_per_token_max']:.4f}); "
               f"sequence ratio [{summary['ratio_min']:.2f}, {summary['ratio_max']:.2f}], "
