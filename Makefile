@@ -91,8 +91,8 @@ model: venv data ## import the embedded base model into models/base (safetensors
 # PROFILE=none runs here and writes the committed results/ and dvc.lock. Any other profile runs the same
 # steps in a git-ignored copy, runs/$(PROFILE)/ (r1repro.profile_run), so that the tree stays clean.
 repro: venv data ## run the whole pipeline on the embedded CPU default (dvc repro; PROFILE=NAME: in runs/NAME/)
-	# common.backend openvino (e.g. PROFILE=openvino) converts models with optimum-intel, in a venv of its own.
-	if [ "$$($(RUN) python -m r1repro.config backend $(PROFILE))" = openvino ]; then $(MAKE) venv-openvino; fi
+	# The openvino engine (the CPU default's) converts models with optimum-intel, in a venv of its own.
+	if $(RUN) python -m r1repro.config backends $(PROFILE) | grep -qx openvino; then $(MAKE) venv-openvino; fi
 ifeq ($(PROFILE),none)
 	$(RUN) python -m r1repro.config use none
 	$(RUN) python -m r1repro.config check
@@ -138,7 +138,7 @@ chromium: ## install Chromium and chromedriver (Debian packages) when missing, f
 test: venv venv-vllm venv-openvino data model chromium ## run the test suite (unit tests, vLLM backend, a smoke dvc repro in a temporary copy)
 	$(RUN) $(TEST_ENV) python -m pytest -q
 
-test-fast: venv data model ## the tests without the slow ones
+test-fast: venv venv-openvino data model ## the tests without the slow ones
 	$(RUN) HF_HUB_OFFLINE=1 python -m pytest -q -m "not slow"
 
 kernel: venv ## register .venv as the Jupyter kernel "r1repro" (inside .venv, so only its JupyterLab sees it)
@@ -146,7 +146,7 @@ kernel: venv ## register .venv as the Jupyter kernel "r1repro" (inside .venv, so
 		$(PY) -m ipykernel install --sys-prefix --name r1repro --display-name "Python 3 (r1repro)"
 
 # The notebooks' kernelspec is python3, which the venv's JupyterLab also runs with the venv's python.
-lab: venv data kernel ## open the notebooks in JupyterLab with the project's kernel
+lab: venv venv-openvino data kernel ## open the notebooks in JupyterLab with the project's kernel
 	$(RUN) jupyter lab --MappingKernelManager.default_kernel_name=r1repro $(if $(SUDO),,--allow-root) notebooks/
 
 compare: venv ## what the working tree changed against main: metrics, params, and plots (results/.plots-diff)

@@ -22,11 +22,12 @@ def params_dict(repo_root: Path) -> dict:
 
 def test_shipped_params_and_profiles_validate(repo_root: Path) -> None:
     default = load_params(repo_root)
-    assert default.common.backend == "transformers_fast"
+    assert default.common.backend == "openvino" and default.rl.rollout_backend == "transformers_fast"
     assert default.common.attention == "grouped_decode"
     assert default.common.trust_remote_code is False
+    for name in ("gpu", "gpu1"):  # vLLM decodes their rollouts too, not the CPU default's engine
+        assert load_params(repo_root, profile=name).engines() == ["vllm"], name
     gpu = load_params(repo_root, profile="gpu")
-    assert gpu.common.backend == "vllm"
     assert gpu.model.pretrained == "Qwen/Qwen2.5-Math-1.5B"
     smoke = load_params(repo_root, profile="smoke")
     assert smoke.probe.questions.limit <= default.probe.questions.limit
@@ -42,12 +43,16 @@ def test_the_seeds2_profile_is_the_default_plus_a_seed(repo_root: Path) -> None:
         update={"seeds": seeds2.rl.seeds})}).model_dump()
 
 
-def test_the_openvino_profile_is_the_default_on_another_engine(repo_root: Path) -> None:
-    """Only the fixed-weight engine differs, so its results differ from the default's by the engine alone."""
-    default, openvino = load_params(repo_root, profile="none"), load_params(repo_root, profile="openvino")
-    assert default.common.backend != "openvino" and openvino.common.backend == "openvino"
-    assert openvino.model_dump() == default.model_copy(update={"common": default.common.model_copy(
-        update={"backend": "openvino"})}).model_dump()
+def test_the_engine_profiles_are_the_default_on_another_engine(repo_root: Path) -> None:
+    """openvino: RL's rollouts on the default's fixed-weight engine too; transformers_fast: fixed weights on
+    the project's own loop. Only the engine differs, so their results differ from the default's by it alone."""
+    default = load_params(repo_root, profile="none")
+    openvino, fast = load_params(repo_root, profile="openvino"), load_params(repo_root, profile="transformers_fast")
+    assert openvino.engines() == ["openvino"] and fast.engines() == ["transformers_fast"]
+    assert openvino.model_dump() == default.model_copy(update={"rl": default.rl.model_copy(
+        update={"rollout_backend": "openvino"})}).model_dump()
+    assert fast.model_dump() == default.model_copy(update={"common": default.common.model_copy(
+        update={"backend": "transformers_fast"})}).model_dump()
 
 
 def test_rl_runs_set_both_dr_grpo_knobs(repo_root: Path) -> None:
@@ -121,7 +126,7 @@ def test_using_a_profile_leaves_params_yaml_byte_identical(tmp_path: Path, repo_
     config.use_profile("gpu", root=root)
     assert config.active_profile(root) == "gpu"
     assert load_params(root).common.backend == "vllm"  # the active profile is merged in
-    assert load_params(root, profile="none").common.backend == "transformers_fast"
+    assert load_params(root, profile="none").common.backend == "openvino"
     resolved = config.write_resolved(root)
     assert resolved.common.backend == "vllm"
     assert config.load_resolved(root) == resolved
@@ -325,7 +330,7 @@ def test_no_evaluation_column_of_the_cpu_default_rests_on_fewer_than_30_question
 # every other default must equal params.yaml's value, so that a class built without arguments (in a
 # test, a benchmark) runs the pipeline's settings.
 DEFAULT_IS_OFF = {
-    "common.backend": "transformers: plain generate, right on any device; transformers_fast is the CPU default's choice",
+    "common.backend": "transformers: plain generate, right on any device; openvino is the CPU default's choice",
     "common.attention": "sdpa: transformers' own kernel on any device; grouped_decode is the CPU default's choice",
     "common.dtype": "auto is resolved per machine by stage_setup; a bare CommonParams computes in float32",
     "common.inference_dtype": "None: as dtype",
@@ -334,6 +339,7 @@ DEFAULT_IS_OFF = {
     "rl.micro_batch_size": "None: the whole step in one pass (8 does not divide every step)",
     "rl.lora.enabled": "off: a full fine-tune",
     "rl.heldout": "None: no periodic held-out check",
+    "rl.rollout_backend": "None: common.backend; the CPU default's policy decodes its own rollouts",
     "rl.seeds": "None: [common.seed]",
     "rl.prompt_filter.enabled": "off: train on rl.prompts as they come",
     "rl.exploration": "None: no pass@k sampling (it needs rl.heldout, None by default)",

@@ -82,6 +82,21 @@ def test_a_dropped_generator_is_released_when_collected(tmp_path, monkeypatch):
     assert events[0]["model"] == str(BASE) and events[0]["rss_peak_gb"] > 0
 
 
+def test_a_dropped_generator_is_released_at_once(tiny):
+    """`del` (or a function returning) releases a generator without waiting for a garbage-collector pass:
+    nothing in it, its usage counter included, refers back to it. The distill notebook drops its teacher
+    this way before the students train, and an OpenVINO engine left open slowed training by ~10%."""
+    gen = load_generator("transformers", tiny, batch_size=2, progress=False)
+    engine = gen.engine
+    gen.generate(["t2 t3"], n=1, temperature=0.0, top_p=1.0, max_tokens=2, seed=0)  # the counted wrapper
+    gc.disable()
+    try:
+        del gen
+        assert engine not in live_engines(owning_only=False)
+    finally:
+        gc.enable()
+
+
 def test_the_ledger_is_shared_by_every_backend():
     assert all(issubclass(cls, EngineLifecycle) for cls in (TransformersGenerator,))
     from r1repro.generation import ContinuousBatchingGenerator, StaticCacheGenerator, VllmGenerator

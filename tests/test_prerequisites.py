@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from r1repro import prerequisites as pre
-from r1repro.config import load_params, merged_params, validate
+from r1repro.config import Params, load_params, merged_params, validate
 from r1repro.prerequisites import DriverQueryError, HubAnswer, Result
 
 # ---------------------------------------------------------------------------------------------------
@@ -349,9 +349,16 @@ def test_the_openvino_backend_needs_its_exporter(repo_root: Path, tmp_path: Path
     from r1repro import openvino_engine
 
     params = load_params(repo_root, profile="none")
-    openvino = params.model_copy(update={"common": params.common.model_copy(update={"backend": "openvino"})})
-    other = params.model_copy(update={"common": params.common.model_copy(update={"backend": "transformers"})})
-    assert pre.check_openvino_exporter(other).status == "skip"
+
+    def engines(backend: str, rollouts: str | None) -> Params:
+        return params.model_copy(update={"common": params.common.model_copy(update={"backend": backend}),
+                                         "rl": params.rl.model_copy(update={"rollout_backend": rollouts})})
+
+    openvino = engines("openvino", None)
+    assert pre.check_openvino_exporter(engines("transformers", None)).status == "skip"
+    assert pre.check_openvino_exporter(engines("transformers", "transformers_fast")).status == "skip"
+    monkeypatch.setenv(openvino_engine.EXPORT_PYTHON_ENV, str(tmp_path / "missing"))
+    assert pre.check_openvino_exporter(engines("transformers_fast", "openvino")).status == "fail"  # rollouts
     exporter = tmp_path / "python"
     exporter.write_text("")
     monkeypatch.setenv(openvino_engine.EXPORT_PYTHON_ENV, str(exporter))
@@ -363,18 +370,19 @@ def test_the_openvino_backend_needs_its_exporter(repo_root: Path, tmp_path: Path
 
 
 def test_make_repro_builds_the_exporter_for_the_openvino_backend(repo_root: Path, capsys) -> None:
-    """A profile whose backend is openvino converts with optimum-intel, so `make repro` builds its venv
-    before the run; the others (the CPU default, a GPU machine) do not need it."""
+    """A run that uses the openvino engine converts with optimum-intel, so `make repro` builds its venv
+    before the run: the CPU default (fixed weights) and the openvino profile (RL's rollouts too); a GPU
+    machine and the transformers_fast profile do not need it."""
     from r1repro import config
 
-    assert config.main(["backend", "openvino"]) == 0 and capsys.readouterr().out.strip() == "openvino"
-    assert config.main(["backend", "none"]) == 0 and capsys.readouterr().out.strip() == "transformers_fast"
-    assert config.main(["backend", "gpu"]) == 0 and capsys.readouterr().out.strip() == "vllm"
-    assert config.main(["backend", "no-such-profile"]) == 2
+    for profile, engines in [("none", ["openvino", "transformers_fast"]), ("openvino", ["openvino"]),
+                             ("transformers_fast", ["transformers_fast"]), ("gpu", ["vllm"])]:
+        assert config.main(["backends", profile]) == 0 and capsys.readouterr().out.split() == engines, profile
+    assert config.main(["backends", "no-such-profile"]) == 2
     makefile = (repo_root / "Makefile").read_text()
     recipe = [line.strip() for line in makefile.split("\nrepro:", 1)[1].split("\n\n", 1)[0].splitlines()[1:]]
     builds = [i for i, line in enumerate(recipe)
-              if "python -m r1repro.config backend $(PROFILE)" in line and "= openvino" in line
+              if "python -m r1repro.config backends $(PROFILE) | grep -qx openvino" in line
               and "$(MAKE) venv-openvino" in line]
     assert builds and builds[0] < recipe.index("$(RUN) dvc repro") \
         and builds[0] < recipe.index("$(RUN) python -m r1repro.profile_run $(PROFILE)")

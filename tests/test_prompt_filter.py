@@ -110,13 +110,22 @@ def test_filter_settings_are_validated(settings, message):
 
 
 def test_sample_groups_grades_each_sample_with_the_prefill(monkeypatch):
-    """The sampled texts are graded with the template's prefill put back, per prompt group."""
+    """The sampled texts are graded with the template's prefill put back, per prompt group; the generator
+    is closed before training starts."""
     from r1repro import generation, modeling
     from r1repro.generation import Completion
 
     answers = {"What is 1 + 1?": ["2", "3", "2"], "What is 2 + 1?": ["1", "1", "1"]}
 
     class Fake:
+        closed = False
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.closed = True
+
         def generate(self, prompts, n, temperature, top_p, max_tokens, seed, stop_policy=None):
             return [[Completion(text=f"x</think><answer>{a}</answer>", num_tokens=3, finish_reason="stop",
                                 prompt_index=i, sample_index=j) for j, a in enumerate(answers[p])]
@@ -124,12 +133,13 @@ def test_sample_groups_grades_each_sample_with_the_prefill(monkeypatch):
 
     eos_only = SimpleNamespace(eos_token="</s>", eos_token_id=0, encode=lambda text, add_special_tokens: [0])
     monkeypatch.setattr(modeling, "load_tokenizer", lambda *a, **k: eos_only)
-    monkeypatch.setattr(generation, "generator_for", lambda common, model: Fake())
+    fake = Fake()
+    monkeypatch.setattr(generation, "generator_for", lambda common, model: fake)
     monkeypatch.setattr(prompt_filter.templates, "render_prompt", lambda template, q, tok: q)
     rows = [{"problem": "What is 1 + 1?", "answer": "2"}, {"problem": "What is 2 + 1?", "answer": "3"}]
     groups = prompt_filter.sample_groups("m", rows, "r1", SamplingParams(n=3, temperature=0.7),
                                          CommonParams(grading_workers=1))
-    assert prompt_filter.solved_counts(groups) == [2, 0]
+    assert prompt_filter.solved_counts(groups) == [2, 0] and fake.closed
     assert [a["correct"] for a in groups[0]] == [True, False, True]
     assert groups[1][0] == {"text": "x</think><answer>1</answer>", "num_tokens": 3, "finish_reason": "stop",
                             "correct": False}

@@ -156,7 +156,10 @@ def test_decoded_rollouts_sample_what_generate_samples_with_the_same_streams():
     assert got[0] != got[1] and len({len(r) for r in got}) >= 2  # own streams; different ends
 
 
-def test_a_grpo_step_decodes_its_rollouts_with_the_policy(tiny_model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend,rollout_backend", [("transformers_fast", None), ("openvino", "transformers_fast")])
+def test_a_grpo_step_decodes_its_rollouts_with_the_policy(tiny_model, tmp_path, monkeypatch, backend,
+                                                          rollout_backend):
+    """rl.rollout_backend, where set, picks RL's engine over common.backend (the CPU default's case)."""
     import r1repro.rollout as rollout_module
 
     calls = []
@@ -167,8 +170,9 @@ def test_a_grpo_step_decodes_its_rollouts_with_the_policy(tiny_model, tmp_path, 
         return original(model, prompt_ids, config, sampler)
 
     monkeypatch.setattr(rollout_module, "decode_rollouts", counted)
-    common = CommonParams(backend="transformers_fast", device="cpu", seed=3)
-    result = rl.train_run(tiny_params(tiny_model, tmp_path / "rl"), "dr_grpo", common, rows=ROWS)
+    common = CommonParams(backend=backend, device="cpu", seed=3)
+    cfg = tiny_params(tiny_model, tmp_path / "rl").model_copy(update={"rollout_backend": rollout_backend})
+    result = rl.train_run(cfg, "dr_grpo", common, rows=ROWS)
     assert result.global_step == 1 and result.rollout["engine"] == "transformers_fast"
     assert len(calls) == 1 and calls[0][0] == 4  # 2 prompts x 2 samples, one stream each
     assert len({g.initial_seed() for g in calls[0][1]}) == 4

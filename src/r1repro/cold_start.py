@@ -127,8 +127,9 @@ def build_from_params(rows: Sequence[dict], cfg: Any, common: Any, tokenizer: An
     teacher_tokenizer = modeling.load_tokenizer(cfg.teacher, trust_remote_code=common.trust_remote_code)
     s = cfg.teacher_sampling
     rule = RejectionFilter.from_params(cfg.min_language, common)
-    examples, stats = rejection_sample(
-        generation.generator_for(common, cfg.teacher), rows, cfg.template, teacher_tokenizer,
-        demos=demos, n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
-        seed=common.seed, rule=rule, stop_policy=stop_policy_for(common, cfg.template, teacher_tokenizer))
+    with generation.generator_for(common, cfg.teacher) as teacher:  # released before SFT trains
+        examples, stats = rejection_sample(
+            teacher, rows, cfg.template, teacher_tokenizer,
+            demos=demos, n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
+            seed=common.seed, rule=rule, stop_policy=stop_policy_for(common, cfg.template, teacher_tokenizer))
     return examples[: cfg.train_examples], stats

@@ -95,17 +95,21 @@ class LoraParams(Section):
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
+# Generation engines (r1repro.generation.GENERATORS).
+Backend = Literal["transformers", "transformers_static", "transformers_continuous", "transformers_fast",
+                  "openvino", "vllm"]
+
+
 class CommonParams(Section):
     """Settings every stage shares."""
 
     seed: int = 1234
-    backend: Literal["transformers", "transformers_static", "transformers_continuous", "transformers_fast",
-                     "openvino", "vllm"] = Field(
+    backend: Backend = Field(
         "transformers", description="engine for generation with fixed weights (r1repro.generation): plain "
         "generate, static KV cache + torch.compile, continuous batching, the CPU fast path (grouped decode "
         "attention, static cache, prepacked bf16 weights), OpenVINO GenAI on the CPU (r1repro.openvino_engine; "
         "RL's rollouts too, the policy's weights put into it each step: r1repro.openvino_rollouts), or vLLM, which also runs RL's rollouts (RL falls back to "
-        "transformers where vLLM cannot run)")
+        "transformers where vLLM cannot run); rl.rollout_backend may name another engine for RL's rollouts")
     attention: Literal["sdpa", "eager", "grouped_decode"] = Field(
         "sdpa", description="attention implementation of models being trained (RL's policy: its rollouts "
         "and held-out checks); grouped_decode (r1repro.cpu_decode) is SDPA except in one-token decode "
@@ -439,6 +443,9 @@ class RlParams(Section):
     truncated_reward: float | None = Field(
         None, description="the whole reward of a completion cut at max_completion_length before it "
         "stopped (no EOS, end-of-turn or stop string): the paper's code sets 0. None: graded like the rest")
+    rollout_backend: Backend | None = Field(
+        None, description="engine that decodes RL's rollouts (r1repro.rollout.choose_rollout), where it may "
+        "differ from the fixed-weight engine; None: common.backend")
     vllm_importance_sampling: bool = Field(
         False, description="TRL's correction of vLLM rollouts by the ratio of training to vLLM "
         "log-probs (sequence mask, cap 3 in TRL 1.16, on by default there); the paper's code has none")
@@ -700,6 +707,10 @@ class Params(Section):
     evaluate: EvaluateParams
     report: ReportParams = ReportParams()
 
+    def engines(self) -> list[str]:
+        """The generation engines a run uses: common.backend, then rl.rollout_backend where it differs."""
+        return list(dict.fromkeys([self.common.backend, self.rl.rollout_backend or self.common.backend]))
+
     def training_subsets(self) -> dict[str, BenchmarkSubset]:
         """Every subset a stage trains on, by params key."""
         return {"sft.train_questions": self.sft.train_questions, "rl.prompts": self.rl.prompts,
@@ -952,8 +963,8 @@ def stage_config(stage: str, common: dict | None = None, section: dict | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`check` validates; `use PROFILE` picks the active profile; `backend PROFILE` prints its
-    common.backend; `resolve` writes results/params.yaml."""
+    """`check` validates; `use PROFILE` picks the active profile; `backends PROFILE` prints the
+    generation engines it uses, one a line; `resolve` writes results/params.yaml."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv == ["check"]:
@@ -965,8 +976,8 @@ def main(argv: list[str] | None = None) -> int:
             name = active_profile()
             print(f"{ACTIVE_PROFILE_FILE}: " + (f"profile {name}" if name else "removed (profile none)"))
             return 0
-        if argv[:1] == ["backend"] and len(argv) == 2:  # `make repro` builds the venv this backend needs
-            print(load_params(profile=argv[1]).common.backend)
+        if argv[:1] == ["backends"] and len(argv) == 2:  # `make repro` builds the venvs these need
+            print("\n".join(load_params(profile=argv[1]).engines()))
             return 0
         if argv == ["resolve"]:
             write_resolved()
@@ -978,7 +989,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # e.g. a full disk while writing (the previous file is left as it was)
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print("usage: python -m r1repro.config check | use PROFILE|none | backend PROFILE|none | resolve",
+    print("usage: python -m r1repro.config check | use PROFILE|none | backends PROFILE|none | resolve",
           file=sys.stderr)
     return 2
 

@@ -977,16 +977,40 @@ class OpenVinoGenerator(EngineLifecycle):
         self.precision = openvino_engine.openvino_precision(dtype)
         self.folder = ir_folder or openvino_engine.converted_model(model, cache_dir)
         self.tokenizer = ensure_pad_token(load_tokenizer(model, trust_remote_code=trust_remote_code))
-        scheduler = openvino_genai.SchedulerConfig()
-        scheduler.cache_size = max(1, round(kv_cache_gb))
-        scheduler.max_num_seqs = max_num_seqs
-        scheduler.enable_prefix_caching = True
-        properties = {"INFERENCE_PRECISION_HINT": self.precision, "KV_CACHE_PRECISION": self.precision,
-                      "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
-        self.pipeline = openvino_genai.ContinuousBatchingPipeline(str(self.folder), scheduler, "CPU", properties)
-        self.properties = properties
-        box = [self.pipeline]  # the finalizer holds the pipeline, not self (EngineLifecycle)
-        self._open_engine(self.backend, str(model), True, release=box.clear)
+        self.scheduler = openvino_genai.SchedulerConfig()
+        self.scheduler.cache_size = max(1, round(kv_cache_gb))
+        self.scheduler.max_num_seqs = max_num_seqs
+        self.scheduler.enable_prefix_caching = True
+        self.properties = {"INFERENCE_PRECISION_HINT": self.precision, "KV_CACHE_PRECISION": self.precision,
+                           "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+        self.pipeline = self._new_pipeline()
+        self.pipeline_calls = 0  # calls the current pipeline has answered (`_empty_prefix_cache`)
+        self._box = [self.pipeline]  # the finalizer holds the pipeline, not self (EngineLifecycle)
+        self._open_engine(self.backend, str(model), True, release=self._box.clear)
+
+    def _new_pipeline(self) -> Any:
+        import openvino_genai
+
+        return openvino_genai.ContinuousBatchingPipeline(str(self.folder), self.scheduler, "CPU", self.properties)
+
+    def _empty_prefix_cache(self) -> None:
+        """Start each call on a pipeline whose prefix cache is empty: a new one after the first call.
+
+        Why: a call's output must not depend on what the engine answered before (the answer cache
+        skips calls whose answers it holds, so a rerun makes fewer calls than the first run). In bf16
+        it did: KV blocks an earlier call left in the prefix cache had been computed in another batch
+        and round differently from blocks computed afresh, and 12 of 16 samples after a greedy call
+        differed from a fresh engine's (none in float32). OpenVINO GenAI 2026.4 has no call that empties
+        the cache, so the pipeline is rebuilt: ~1 s on 2 cores (compile and KV allocation), against
+        the prefix reuse between calls it gives up (LOG.md, 2026-12-07: OpenVINO's calls independent).
+        Within a call, the cache still serves the shared prefix and each prompt's samples (`_cache_prompts`).
+        """
+        if self.pipeline_calls:
+            self._box.clear()  # the old pipeline and its KV memory go before the new one is allocated
+            self.pipeline = None
+            self.pipeline = self._new_pipeline()
+            self._box.append(self.pipeline)
+        self.pipeline_calls += 1
 
     def _drop_references(self) -> None:
         self.pipeline = None
@@ -1006,6 +1030,7 @@ class OpenVinoGenerator(EngineLifecycle):
         greedy = temperature == 0
         encoded = self.tokenizer(list(prompts))["input_ids"]
         samples = 1 if greedy else n
+        self._empty_prefix_cache()
         self._cache_prompts(encoded, whole=samples > 1)
         requests = [(i, j) for i in range(len(prompts)) for j in range(samples)]
         configs = [self._config(max_tokens, policy, cut, temperature, top_p, seed, i, j) for i, j in requests]
@@ -1027,6 +1052,7 @@ class OpenVinoGenerator(EngineLifecycle):
 
         self._check_open()
         policy = StopPolicy(token_ids=tuple(stop_token_ids))
+        self._empty_prefix_cache()
         self._cache_prompts(prompt_ids, whole=True)  # a prompt's samples share its cached blocks
         configs = [self._config(max_tokens, policy, [], temperature, top_p, seed, 0, 0) for seed in seeds]
         results = self.pipeline.generate([openvino_engine.token_tensor(ids) for ids in prompt_ids], configs)
@@ -1154,12 +1180,21 @@ def counted(generator: Any) -> Any:
     inner = getattr(generator, "generate", None)
     if inner is None:  # not a generator (a test's stand-in): nothing to count
         return generator
+    # A weak reference to the bound method: a strong one would make a cycle (generator -> this wrapper ->
+    # generator), so a generator dropped without close() lived on to the next full garbage collection,
+    # engine and all. An OpenVINO pipeline left so slowed the training after it by ~10% (LOG.md,
+    # 2026-12-07: OpenVINO's calls independent).
+    method = weakref.WeakMethod(inner) if hasattr(inner, "__self__") else (lambda: inner)
 
     def generate(prompts: list[str], *args: Any, **kwargs: Any) -> list[list[Completion]]:
         import time
 
+        bound = method()
+        if bound is None:  # e.g. `generator_for(...).generate(...)`: nothing held the generator
+            raise RuntimeError("the generator was released before generate ran: keep a reference to it "
+                               "(gen = generator_for(...); gen.generate(...); gen.close())")
         start = time.perf_counter()
-        out = inner(prompts, *args, **kwargs)
+        out = bound(prompts, *args, **kwargs)
         USAGE.calls += 1
         USAGE.tokens += sum(c.num_tokens for group in out for c in group)
         USAGE.seconds += time.perf_counter() - start

@@ -4,8 +4,9 @@ Why: on the 2-core CPUs this project runs on, OpenVINO's continuous-batching pip
 cache, its own CPU kernels) decoded the pipeline's workloads about twice as fast as the project's
 own `transformers_fast` loop, and float32 greedy answers came out token for token the same
 (LOG.md, 2026-12-07: OpenVINO GenAI). It serves generation whose weights do not change (probing,
-held-out checks, the prompt filter, teachers, evaluation); RL's policy keeps decoding its own
-rollouts in transformers, on-policy.
+held-out checks, the prompt filter, teachers, evaluation): the CPU default's engine for those. RL's
+policy decodes its own rollouts there (`rl.rollout_backend: transformers_fast`, exactly on-policy);
+the profile openvino puts them through OpenVINO too (`r1repro.openvino_rollouts`).
 
 Two parts:
 
@@ -42,6 +43,9 @@ What it keeps of the project's conventions, and where it differs:
   what sample j of prompt i draws depends on neither n nor the other prompts of the call (tested).
   The random streams are OpenVINO's own, so samples differ from the transformers backends' (as
   vLLM's do);
+* calls independent of each other: each call starts on an empty prefix cache (a new pipeline, ~1 s),
+  since in bf16 blocks an earlier call left there rounded differently from blocks computed afresh,
+  and a call's samples then depended on what the engine had answered before;
 * shared prompt text: the pipeline's prefix cache is on, and the call's longest common token prefix
   (and, when sampling several answers, each distinct prompt) is decoded once on its own first, so
   that every row's prefill finds it cached (without this, a batch of 64 distinct prompts scheduled

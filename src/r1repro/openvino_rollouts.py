@@ -1,4 +1,5 @@
-"""RL rollouts decoded by OpenVINO GenAI from the policy's current weights (`common.backend: openvino`).
+"""RL rollouts decoded by OpenVINO GenAI from the policy's current weights (`rl.rollout_backend: openvino`,
+or `common.backend: openvino` with no rl.rollout_backend; the profile openvino).
 
 Why: OpenVINO decoded a rollout of 4 prompts x 8 samples (the CPU default's step) in ~9 s where the
 policy's own loop (`transformers_fast`) took ~20 s, float32, on a 2-core Xeon (LOG.md, 2026-12-07:

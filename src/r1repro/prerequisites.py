@@ -16,7 +16,7 @@ returning `Result`s so that tests can run it on fakes:
 - nvidia driver (common.device cuda, or auto on a machine with a GPU): at least the driver that the CUDA
   build of the installed torch needs, or where torch has no CUDA build, the one requirements-gpu.lock's
   torch was built for;
-- openvino exporter (common.backend openvino): the Python of `make venv-openvino`, which converts models;
+- openvino exporter (common.backend or rl.rollout_backend openvino): the Python of `make venv-openvino`, which converts models;
 - models and datasets: every model id and `hub:` dataset id the params name is a local folder, a folder
   the pipeline makes (a stage's output_dir), or a hub id that is reachable or already in the local cache;
   a gated id also needs a token (HF_TOKEN or a stored login) unless it is cached.
@@ -450,11 +450,12 @@ def resolve_params(profile: str | None, root: Path) -> tuple[Params, str]:
 
 
 def check_openvino_exporter(params: Params) -> Result:
-    """common.backend openvino converts each model with optimum-intel, in a venv of its own."""
+    """The openvino engine (common.backend or rl.rollout_backend) converts each model with optimum-intel,
+    in a venv of its own."""
     from r1repro import openvino_engine
 
-    if params.common.backend != "openvino":
-        return Result("openvino exporter", "skip", f"common.backend is {params.common.backend}")
+    if "openvino" not in params.engines():
+        return Result("openvino exporter", "skip", f"engines: {', '.join(params.engines())}")
     try:
         return Result("openvino exporter", "ok", openvino_engine.export_python())
     except ConfigError as err:

@@ -95,11 +95,13 @@ def sample_groups(model: str, rows: Sequence[Mapping[str, Any]], template: str, 
     from r1repro.stops import stop_policy_for
 
     tokenizer = modeling.load_tokenizer(model, trust_remote_code=common.trust_remote_code)
-    generator = generation.generator_for(common, model)
     prompts = [templates.render_prompt(template, row["problem"], tokenizer) for row in rows]
-    groups = generator.generate(prompts, n=sampling.n, temperature=sampling.temperature,
-                                top_p=sampling.top_p, max_tokens=sampling.max_new_tokens, seed=common.seed,
-                                stop_policy=stop_policy_for(common, template, tokenizer))
+    # Closed here, not left to the garbage collector: RL trains next, and an OpenVINO pipeline left open
+    # slowed its steps by ~10% (LOG.md, 2026-12-07: OpenVINO's calls independent).
+    with generation.generator_for(common, model) as generator:
+        groups = generator.generate(prompts, n=sampling.n, temperature=sampling.temperature,
+                                    top_p=sampling.top_p, max_tokens=sampling.max_new_tokens, seed=common.seed,
+                                    stop_policy=stop_policy_for(common, template, tokenizer))
     # The prefill (e.g. "<think>") is part of the prompt, so the grader sees it put back.
     head = templates.prefill(template)
     responses = [head + c.text for group in groups for c in group]

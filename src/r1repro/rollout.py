@@ -1,7 +1,9 @@
 """Which engine generates stage 3's rollouts inside TRL's `GRPOTrainer`, decided before training.
 
-`common.backend` names the rollout engine (the same key the generation stages read). For RL it maps
-onto TRL's own generation options:
+`rl.rollout_backend` names the rollout engine; where it is None, `common.backend` does (the key the
+generation stages read). The CPU default sets transformers_fast under an openvino common.backend:
+OpenVINO's rollouts were no faster end to end there (params.yaml says why). For RL it maps onto TRL's
+own generation options:
 
 * `vllm`: vLLM colocated with the policy (`use_vllm=True, vllm_mode="colocate"`); after every
   optimiser step TRL pushes the policy's weights into vLLM's copy of the model.
