@@ -85,7 +85,7 @@ def test_a_dropped_generator_is_released_when_collected(tmp_path, monkeypatch):
 def test_a_dropped_generator_is_released_at_once(tiny):
     """`del` (or a function returning) releases a generator without waiting for a garbage-collector pass:
     nothing in it, its usage counter included, refers back to it. The distill notebook drops its teacher
-    this way before the students train, and an OpenVINO engine left open slowed training by ~10%."""
+    this way before the students train, and an OpenVINO engine left open slowed training by ~20%."""
     gen = load_generator("transformers", tiny, batch_size=2, progress=False)
     engine = gen.engine
     gen.generate(["t2 t3"], n=1, temperature=0.0, top_p=1.0, max_tokens=2, seed=0)  # the counted wrapper

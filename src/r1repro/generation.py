@@ -1182,7 +1182,7 @@ def counted(generator: Any) -> Any:
         return generator
     # A weak reference to the bound method: a strong one would make a cycle (generator -> this wrapper ->
     # generator), so a generator dropped without close() lived on to the next full garbage collection,
-    # engine and all. An OpenVINO pipeline left so slowed the training after it by ~10% (LOG.md,
+    # engine and all. An OpenVINO pipeline left so slowed a training step after it by ~20% (LOG.md,
     # 2026-12-07: OpenVINO's calls independent).
     method = weakref.WeakMethod(inner) if hasattr(inner, "__self__") else (lambda: inner)
 

@@ -97,7 +97,7 @@ def sample_groups(model: str, rows: Sequence[Mapping[str, Any]], template: str, 
     tokenizer = modeling.load_tokenizer(model, trust_remote_code=common.trust_remote_code)
     prompts = [templates.render_prompt(template, row["problem"], tokenizer) for row in rows]
     # Closed here, not left to the garbage collector: RL trains next, and an OpenVINO pipeline left open
-    # slowed its steps by ~10% (LOG.md, 2026-12-07: OpenVINO's calls independent).
+    # slowed a forward + backward by ~20% (LOG.md, 2026-12-07: OpenVINO's calls independent).
     with generation.generator_for(common, model) as generator:
         groups = generator.generate(prompts, n=sampling.n, temperature=sampling.temperature,
                                     top_p=sampling.top_p, max_tokens=sampling.max_new_tokens, seed=common.seed,
