@@ -140,7 +140,7 @@ def project_params(args: argparse.Namespace) -> tuple[RlParams, str]:
     micro = values["micro_batch_size"]
     if micro is not None and (args.prompts * args.samples // args.updates) % micro:
         values["micro_batch_size"] = None  # the profile's micro-batch does not divide a toy step
-    return RlParams.model_validate(values), params.rl.rollout_backend or params.common.backend
+    return RlParams.model_validate(values), params.rl.rollout_engine(params.common)
 
 
 def project_config(args: argparse.Namespace, run: str, output_dir: Path,

@@ -459,6 +459,10 @@ class RlParams(Section):
         "update with loss_type grpo and one with dr_grpo on the same sampled groups (the prompt filter's), "
         "each answer's log-prob change recorded. None: off")
 
+    def rollout_engine(self, common: CommonParams) -> str:
+        """The engine named for RL's rollouts: rl.rollout_backend, else common.backend."""
+        return self.rollout_backend or common.backend
+
     def prompts_needed(self) -> int:
         """Prompts a run trains on: prompts_per_step per rollout, one rollout every updates_per_rollout steps."""
         return self.max_steps // self.updates_per_rollout * self.prompts_per_step
@@ -709,7 +713,7 @@ class Params(Section):
 
     def engines(self) -> list[str]:
         """The generation engines a run uses: common.backend, then rl.rollout_backend where it differs."""
-        return list(dict.fromkeys([self.common.backend, self.rl.rollout_backend or self.common.backend]))
+        return list(dict.fromkeys([self.common.backend, self.rl.rollout_engine(self.common)]))
 
     def training_subsets(self) -> dict[str, BenchmarkSubset]:
         """Every subset a stage trains on, by params key."""

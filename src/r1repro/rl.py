@@ -576,7 +576,7 @@ def make_trainer(cfg: RlParams, run: str, common: CommonParams, *,
     diagnostics = Diagnostics(run, run_dir, weights, cfg.num_generations, stops.token_ids, live_dir,
                               is_truncated=truncated)
     if rollout is None:
-        rollout = choose_rollout(cfg.rollout_backend or common.backend, device)
+        rollout = choose_rollout(cfg.rollout_engine(common), device)
         announce(rollout, run)
     use_vllm = rollout.engine == "vllm"
     args = grpo_config(cfg, run, output_dir=run_dir / CHECKPOINTS, seed=common.seed,
@@ -674,7 +674,7 @@ def train_run(cfg: RlParams, run: str, common: CommonParams, *,
     record = run_fingerprint(cfg, run, common, rows, launch)
     resume = resumable.resume_point(files, record, f"rl {run}")
     # Decided (and warned about) before any model is loaded, so a fallback shows at the top of the log.
-    rollout = choose_rollout(cfg.rollout_backend or common.backend, resolve_device(common.device))
+    rollout = choose_rollout(cfg.rollout_engine(common), resolve_device(common.device))
     announce(rollout, run)
     trained = resumable.run_training(
         "rl", files.final_dir, launch,
